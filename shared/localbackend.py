@@ -1,0 +1,141 @@
+"""A local stand-in for the Supabase backend: Storage REST and the job-callback function.
+
+For tests, the fleet benchmark and trying the fleet without a cloud account. It records every
+stored object and every callback, verifies the callback HMAC the way the backend does (401 on a
+missing or wrong signature), and can add latency or fail the next N requests of a kind.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote
+
+from shared.callback import verify
+
+
+@dataclass
+class Faults:
+    latency: float = 0.0
+    fail_next: int = 0  # answer the next N requests with `fail_status`
+    fail_status: int = 500
+    down: bool = False  # refuse every request with 503 until cleared
+
+
+@dataclass
+class LocalBackend:
+    callback_secret: str | None = None
+    service_key: str | None = None
+    storage: Faults = field(default_factory=Faults)
+    callback: Faults = field(default_factory=Faults)
+
+    def __post_init__(self):
+        self.objects: dict[tuple[str, str], tuple[bytes, str]] = {}
+        self.callbacks: list[dict[str, Any]] = []
+        self.upload_count = 0
+        self.lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    # -------------------------------------------------------------------------- access
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def terminal_callbacks(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        with self.lock:
+            return [c for c in self.callbacks
+                    if c["status"] in ("completed", "failed", "cancelled") and (job_id is None or c["job_id"] == job_id)]
+
+    def wait_for_terminal(self, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.terminal_callbacks()
+            if len(found) >= count:
+                return found
+            time.sleep(0.05)
+        raise TimeoutError(f"{len(self.terminal_callbacks())} terminal callbacks after {timeout}s, expected {count}")
+
+    # ------------------------------------------------------------------------- serving
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> LocalBackend:
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _reply(self, status: int, body: dict[str, Any]):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _faulted(self, faults: Faults) -> bool:
+                if faults.latency:
+                    time.sleep(faults.latency)
+                with backend.lock:
+                    if faults.down:
+                        status = 503
+                    elif faults.fail_next > 0:
+                        faults.fail_next -= 1
+                        status = faults.fail_status
+                    else:
+                        return False
+                self._reply(status, {"error": "injected fault", "message": f"injected {status}"})
+                return True
+
+            def _authorized(self) -> bool:
+                if backend.service_key is None:
+                    return True
+                return self.headers.get("Authorization") == f"Bearer {backend.service_key}"
+
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path.startswith("/storage/v1/object/"):
+                    if self._faulted(backend.storage):
+                        return
+                    if not self._authorized():
+                        return self._reply(403, {"message": "invalid service key"})
+                    bucket, _, key = unquote(self.path[len("/storage/v1/object/"):]).partition("/")
+                    with backend.lock:
+                        backend.objects[(bucket, key)] = (body, self.headers.get("Content-Type", ""))
+                        backend.upload_count += 1
+                    return self._reply(200, {"Key": f"{bucket}/{key}"})
+                if self.path == "/functions/v1/job-callback":
+                    if self._faulted(backend.callback):
+                        return
+                    if backend.callback_secret is not None and not verify(
+                        body, backend.callback_secret, self.headers.get("X-Callback-Signature")
+                    ):
+                        return self._reply(401, {"error": "invalid signature"})
+                    with backend.lock:
+                        backend.callbacks.append(json.loads(body))
+                    return self._reply(200, {"success": True})
+                self._reply(404, {"error": "not found"})
+
+            def do_GET(self):  # noqa: N802
+                if self.path == "/storage/v1/bucket":
+                    return self._reply(200, [{"name": b} for b in sorted({b for b, _ in backend.objects})])
+                self._reply(404, {"error": "not found"})
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="local-backend", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

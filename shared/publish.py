@@ -1,0 +1,91 @@
+"""An engine's result → files in the bucket → the assets and metadata of the callback.
+
+Keys are deterministic (`{user_id}/{job_id}/{i}.png`, `{i}.thumb.webp`, `{i}.mp4`), so a retried
+job overwrites its own files instead of leaving duplicates; the user id is the first folder, as
+the storage row-level security requires.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared import media
+from shared.callback import Asset
+from shared.contract import Era, Job
+from shared.engine import ImageOutput, JobResult, VideoOutput
+from shared.storage import BucketPolicy, Uploader
+
+
+def object_prefix(job: Job) -> str:
+    return f"{job.user_id}/{job.id}"
+
+
+def publish(result: JobResult, era: Era, uploader: Uploader, policy: BucketPolicy) -> list[Asset]:
+    job = result.job
+    bucket = job.bucket(era)
+    prefix = object_prefix(job)
+    assets: list[Asset] = []
+    for index, item in enumerate(result.items):
+        if isinstance(item, VideoOutput):
+            data, content_type, key = media.mp4_bytes(item.frames, item.fps), "video/mp4", f"{prefix}/{index}.mp4"
+            still = media.middle_frame(item.frames)
+            frame_count = len(item.frames)
+            meta: dict[str, Any] = {
+                "frame_num": frame_count, "fps": item.fps, "duration": round(frame_count / item.fps, 3),
+            }
+            kind = "video"
+        elif isinstance(item, ImageOutput):
+            data, content_type, key = media.png_bytes(item.image), "image/png", f"{prefix}/{index}.png"
+            still = item.image
+            meta = {}
+            kind = "image"
+        else:
+            raise TypeError(f"engine returned {type(item).__name__}, expected ImageOutput or VideoOutput")
+        uploader.upload(bucket, key, data, content_type)
+
+        thumbnail_key = None
+        if policy.accepts(bucket, "image/webp"):  # v1 video buckets take videos only
+            thumbnail_key = f"{prefix}/{index}.thumb.webp"
+            uploader.upload(bucket, thumbnail_key, media.thumbnail_webp(still), "image/webp")
+
+        meta.update({
+            "width": still.width,
+            "height": still.height,
+            "seed": item.seed,
+            "steps": job.steps,
+            "guidance_scale": job.guidance_scale,
+            "scheduler": job.scheduler,
+            "bucket": bucket,
+            "size_bytes": len(data),
+        })
+        if job.references.denoise_strength is not None:
+            meta["denoise_strength"] = job.references.denoise_strength
+        meta.update(item.metadata)
+        assets.append(Asset(type=kind, key=key, thumbnail_key=thumbnail_key, metadata=meta))
+    return assets
+
+
+def job_metadata(job: Job, result: JobResult | None = None) -> dict[str, Any]:
+    """The callback's job-level metadata fields, as the backend reads them."""
+    meta: dict[str, Any] = {
+        "job_type": job.type,
+        "seed": job.seed,
+        "seeds": job.image_seeds(),
+        "num_images": job.num_images,
+        "steps": job.steps,
+        "guidance_scale": job.guidance_scale,
+        "width": job.width,
+        "height": job.height,
+        "original_prompt": job.prompt,
+        "final_prompt": job.prompt,
+        "enhancement_strategy": "none",
+    }
+    if job.media == "video" or job.engine == "wan":
+        meta["frame_num"] = job.frames
+        meta["fps"] = job.fps
+    if job.references.denoise_strength is not None:
+        meta["denoise_strength"] = job.references.denoise_strength
+        meta["reference_mode"] = job.references.reference_mode or ("copy" if job.references.exact_copy else "modify")
+    if result is not None:
+        meta.update(result.metadata)
+    return meta

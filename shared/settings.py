@@ -1,0 +1,98 @@
+"""Configuration from the environment (12-factor). Every knob a deployment turns lives here."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote, urlparse
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PRESETS = REPO_ROOT / "configs" / "presets.toml"
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
+
+    redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+    upstash_redis_rest_url: str | None = Field(default=None, validation_alias="UPSTASH_REDIS_REST_URL")
+    upstash_redis_rest_token: SecretStr | None = Field(default=None, validation_alias="UPSTASH_REDIS_REST_TOKEN")
+
+    contract: Literal["v1", "v2"] = Field(default="v1", validation_alias="CONTRACT")
+    storage_url: str = Field(default="file://./outputs", validation_alias="STORAGE_URL")
+    callback_url_setting: str | None = Field(default=None, validation_alias="CALLBACK_URL")
+    supabase_url: str | None = Field(default=None, validation_alias="SUPABASE_URL")
+    supabase_service_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_SERVICE_KEY")
+    )
+    job_callback_secret: SecretStr | None = Field(default=None, validation_alias="JOB_CALLBACK_SECRET")
+
+    lease_seconds: float = Field(default=30.0, gt=0, validation_alias="LEASE_SECONDS")
+    max_attempts: int = Field(default=3, ge=1, validation_alias="MAX_ATTEMPTS")
+    job_timeout_seconds: float = Field(default=1800.0, gt=0, validation_alias="JOB_TIMEOUT_SECONDS")
+    shutdown_grace_seconds: float = Field(default=60.0, ge=0, validation_alias="SHUTDOWN_GRACE_SECONDS")
+    batch_wait_ms: int = Field(default=50, ge=0, validation_alias="BATCH_WAIT_MS")
+    post_workers: int = Field(default=4, ge=1, validation_alias="POST_WORKERS")
+    prefetch_jobs: int = Field(default=2, ge=0, validation_alias="PREFETCH_JOBS")
+    presets_file: Path = Field(default=DEFAULT_PRESETS, validation_alias="PRESETS_FILE")
+    preset_policy: Literal["payload", "preset"] = Field(default="payload", validation_alias="PRESET_POLICY")
+    result_ttl_seconds: int = Field(default=7 * 86400, ge=60, validation_alias="RESULT_TTL_SECONDS")
+    callback_timeout_seconds: float = Field(default=10.0, gt=0, validation_alias="CALLBACK_TIMEOUT_SECONDS")
+    callback_retries: int = Field(default=3, ge=1, validation_alias="CALLBACK_RETRIES")
+    storage_retries: int = Field(default=5, ge=1, validation_alias="STORAGE_RETRIES")
+    retry_base_seconds: float = Field(default=0.5, gt=0, validation_alias="RETRY_BASE_SECONDS")
+    worker_id: str = Field(default_factory=default_worker_id, validation_alias="WORKER_ID")
+    health_port: int | None = Field(default=None, validation_alias="HEALTH_PORT")
+    log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
+
+    @field_validator("supabase_url", "upstash_redis_rest_url")
+    @classmethod
+    def _strip_slash(cls, v: str | None) -> str | None:
+        return v.rstrip("/") if v else v
+
+    @cached_property
+    def effective_redis_url(self) -> str:
+        """REDIS_URL, else the Redis-protocol address of the backend's Upstash database."""
+        if self.redis_url:
+            return self.redis_url
+        if self.upstash_redis_rest_url and self.upstash_redis_rest_token:
+            host = urlparse(self.upstash_redis_rest_url).hostname or self.upstash_redis_rest_url
+            token = quote(self.upstash_redis_rest_token.get_secret_value(), safe="")
+            return f"rediss://default:{token}@{host}:6379"
+        return "redis://127.0.0.1:6379/0"
+
+    @property
+    def callback_url(self) -> str:
+        if self.callback_url_setting:
+            return self.callback_url_setting
+        if self.supabase_url:
+            return f"{self.supabase_url}/functions/v1/job-callback"
+        return "file://./outputs/callbacks.jsonl"
+
+    def secret_values(self) -> list[str]:
+        """Every secret this process knows, so the log redactor can scrub them from any text."""
+        values = [
+            s.get_secret_value()
+            for s in (self.upstash_redis_rest_token, self.supabase_service_key, self.job_callback_secret)
+            if s is not None
+        ]
+        password = urlparse(self.effective_redis_url).password
+        if password:
+            values.append(password)
+        for name in ("CHAT_WORKER_API_KEY", "WAN_WORKER_API_KEY", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"):
+            if os.environ.get(name):
+                values.append(os.environ[name])
+        return [v for v in values if len(v) >= 4]
+
+
+def load_settings(**overrides) -> Settings:
+    return Settings(**overrides)

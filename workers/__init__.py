@@ -1,0 +1,1 @@
+"""The model workers (one module per engine) and the `ourvidz-worker` command line."""

@@ -1,0 +1,257 @@
+"""`ourvidz-worker`: run a worker, submit jobs, inspect and repair the queues, check a deployment."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+
+from shared import keys
+from shared.contract import SAFE_ID, load_presets
+from shared.logging import configure_logging
+from shared.settings import Settings
+
+# Engines that exist, by name; each factory takes the parsed arguments. The SDXL, WAN and chat
+# engines register here as they are built.
+ENGINE_FACTORIES: dict[str, Callable[[argparse.Namespace], object]] = {}
+TINY_MODEL_BUILDERS: dict[str, Callable[[str], None]] = {}
+PLANNED_ENGINES = ("sdxl", "wan", "chat")
+
+
+def _sim_engine(args):
+    from workers.sim import SimEngine
+
+    return SimEngine(gpu_seconds=args.gpu_seconds, max_batch_images=args.batch_images)
+
+
+ENGINE_FACTORIES["sim"] = _sim_engine
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {}
+    if getattr(args, "worker_id", None):
+        overrides["worker_id"] = args.worker_id
+    settings = Settings(**overrides)
+    configure_logging(settings.log_level, settings.secret_values())
+    return settings
+
+
+def _redis(settings: Settings):
+    from shared.queue import connect
+
+    return connect(settings.effective_redis_url)
+
+
+# ------------------------------------------------------------------------------- commands
+
+
+def cmd_run(args) -> int:
+    if args.engine not in ENGINE_FACTORIES:
+        print(f"engine {args.engine!r} is not part of this build yet; available: {', '.join(ENGINE_FACTORIES)}",
+              file=sys.stderr)
+        return 2
+    settings = _settings(args)
+    if not SAFE_ID.match(settings.worker_id):
+        print(f"worker id {settings.worker_id!r} must be letters, digits, '-' and '_'", file=sys.stderr)
+        return 2
+    from shared.runtime import Worker
+
+    engine = ENGINE_FACTORIES[args.engine](args)
+    queues = tuple(q.strip() for q in args.queues.split(",") if q.strip()) if args.queues else None
+    worker = Worker(engine, settings, device=args.device, max_jobs=args.max_jobs, queues=queues,
+                    health_port=args.health_port)
+    return worker.run()
+
+
+def cmd_submit(args) -> int:
+    from shared.payloads import build_payload, push
+
+    settings = _settings(args)
+    if args.type not in load_presets(str(settings.presets_file)).types:
+        print(f"unknown job type {args.type!r}", file=sys.stderr)
+        return 2
+    width = height = None
+    if args.size:
+        width, height = (int(v) for v in args.size.lower().replace("*", "x").split("x"))
+    payload = build_payload(
+        settings.contract, args.type, args.prompt, num_images=args.num_images, seed=args.seed,
+        width=width, height=height, steps=args.steps, frames=args.frames, user_id=args.user_id,
+        reference_image_url=args.reference_image_url,
+    )
+    client = _redis(settings)
+    queue = push(client, settings.contract, payload)
+    print(json.dumps({"job_id": payload["id"], "queue": queue, "contract": settings.contract}))
+    if not args.wait:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        record = client.get(keys.result(payload["id"]))
+        if record:
+            result = json.loads(record)
+            print(json.dumps(result, indent=2))
+            return 0 if result["status"] == "completed" else 1
+        time.sleep(0.2)
+    print(f"no result after {args.timeout:g}s (is a worker running for {queue}?)", file=sys.stderr)
+    return 1
+
+
+def cmd_queue(args) -> int:
+    from shared.queue import queue_report
+
+    settings = _settings(args)
+    report = queue_report(_redis(settings), (*keys.JOB_QUEUES, keys.CHAT_QUEUE))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_dlq(args) -> int:
+    from shared.queue import dead_letters, requeue_dead_letter
+
+    settings = _settings(args)
+    client = _redis(settings)
+    if args.action == "list":
+        for record in dead_letters(client):
+            record["raw"] = record["raw"][:200]
+            print(json.dumps(record))
+        return 0
+    if not args.job_id and not args.all:
+        print("dlq requeue needs a JOB_ID or --all", file=sys.stderr)
+        return 2
+    moved = requeue_dead_letter(client, settings.contract, None if args.all else args.job_id)
+    print(json.dumps({"requeued": moved}))
+    return 0 if moved or args.all else 1
+
+
+def cmd_cancel(args) -> int:
+    from shared.callback import CANCELLED, build_callback
+    from shared.outbox import CallbackSender
+    from shared.queue import remove_queued, request_cancel
+
+    settings = _settings(args)
+    client = _redis(settings)
+    request_cancel(client, args.job_id)  # a running job sees this between steps
+    for queue in (*keys.JOB_QUEUES, keys.CHAT_QUEUE):
+        if remove_queued(client, queue, args.job_id) is not None:
+            # Still queued: no worker will ever see it, so report it here.
+            sender = CallbackSender(settings, client)
+            body = build_callback(settings.contract, args.job_id, CANCELLED, error_message="cancelled before it started",
+                                  metadata={"error_type": "cancelled"})
+            if sender.deliver(body) == "undelivered":
+                sender.add_to_outbox(body)
+            client.set(keys.result(args.job_id), json.dumps({"status": body["status"], "metadata": body["metadata"]}),
+                       ex=settings.result_ttl_seconds)
+            client.delete(keys.cancel(args.job_id))
+            print(json.dumps({"job_id": args.job_id, "cancelled": "queued", "queue": queue}))
+            return 0
+    print(json.dumps({"job_id": args.job_id, "cancelled": "requested",
+                      "note": "not queued; a worker running it stops at its next step"}))
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from workers.doctor import run_checks
+
+    settings = _settings(args)
+    return run_checks(settings, model=args.model)
+
+
+def cmd_make_tiny_model(args) -> int:
+    builder = TINY_MODEL_BUILDERS.get(args.engine)
+    if builder is None:
+        available = ", ".join(TINY_MODEL_BUILDERS) or "none yet (the sim engine needs no model)"
+        print(f"no tiny model for {args.engine!r} in this build; available: {available}", file=sys.stderr)
+        return 2
+    builder(args.dir)
+    print(json.dumps({"engine": args.engine, "dir": args.dir}))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    if args.what != "fleet":
+        print(f"bench {args.what!r} arrives with its engine; available: fleet", file=sys.stderr)
+        return 2
+    from workers.bench_fleet import run_fleet_bench
+
+    configure_logging("WARNING")
+    report = run_fleet_bench(
+        jobs=args.jobs, gpu_seconds=args.gpu_seconds, upload_latency=args.upload_latency,
+        callback_latency=args.callback_latency, redis_url=Settings().effective_redis_url,
+    )
+    print(json.dumps(report, indent=2) if args.json else report["table"])
+    return 0
+
+
+# --------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ourvidz-worker", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a worker until stopped")
+    run.add_argument("engine", choices=sorted({*ENGINE_FACTORIES, *PLANNED_ENGINES}))
+    run.add_argument("--model", help="model directory or checkpoint (real engines)")
+    run.add_argument("--device", default="cuda", help="torch device (default cuda)")
+    run.add_argument("--worker-id", help="unique id of this worker (default host-pid)")
+    run.add_argument("--health-port", type=int, help="serve /health and /metrics on this port")
+    run.add_argument("--max-jobs", type=int, help="exit after this many jobs")
+    run.add_argument("--queues", help="comma-separated queues (default: the engine's)")
+    run.add_argument("--gpu-seconds", type=float, default=1.0, help="sim: simulated GPU time per image")
+    run.add_argument("--batch-images", type=int, default=1, help="sim: images per engine call")
+    run.set_defaults(func=cmd_run)
+
+    submit = sub.add_parser("submit", help="push a job exactly as the backend would")
+    submit.add_argument("type")
+    submit.add_argument("prompt")
+    submit.add_argument("--num-images", type=int, default=1)
+    submit.add_argument("--seed", type=int)
+    submit.add_argument("--size", help="WIDTHxHEIGHT")
+    submit.add_argument("--steps", type=int)
+    submit.add_argument("--frames", type=int)
+    submit.add_argument("--user-id")
+    submit.add_argument("--reference-image-url")
+    submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    submit.add_argument("--timeout", type=float, default=600.0)
+    submit.set_defaults(func=cmd_submit)
+
+    sub.add_parser("queue", help="queue depths, jobs in flight, dead letters, outbox").set_defaults(func=cmd_queue)
+
+    dlq = sub.add_parser("dlq", help="list or requeue dead-lettered jobs")
+    dlq.add_argument("action", choices=["list", "requeue"])
+    dlq.add_argument("job_id", nargs="?")
+    dlq.add_argument("--all", action="store_true")
+    dlq.set_defaults(func=cmd_dlq)
+
+    cancel = sub.add_parser("cancel", help="cancel a queued or running job")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(func=cmd_cancel)
+
+    doctor = sub.add_parser("doctor", help="check Redis, storage, callbacks, GPU and model paths")
+    doctor.add_argument("--model", action="append", default=[], help="a model path to check (repeatable)")
+    doctor.set_defaults(func=cmd_doctor)
+
+    tiny = sub.add_parser("make-tiny-model", help="write a tiny random-weight model for tests")
+    tiny.add_argument("engine")
+    tiny.add_argument("dir")
+    tiny.set_defaults(func=cmd_make_tiny_model)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench.add_argument("what", choices=["fleet", "sdxl", "wan", "chat"])
+    bench.add_argument("--jobs", type=int, default=20)
+    bench.add_argument("--gpu-seconds", type=float, default=1.0)
+    bench.add_argument("--upload-latency", type=float, default=0.2)
+    bench.add_argument("--callback-latency", type=float, default=0.05)
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
