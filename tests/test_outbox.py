@@ -1,0 +1,46 @@
+import json
+
+from shared import keys
+from shared.callback import build_callback
+from shared.outbox import CallbackSender
+
+
+def test_undeliverable_callback_waits_in_the_outbox_until_the_backend_is_back(make_settings, redis_client, backend):
+    sender = CallbackSender(make_settings(), redis_client)
+    body = build_callback("v2", "job-1", "completed")
+    backend.callback.down = True
+    assert sender.deliver(body) == "undelivered"
+    sender.add_to_outbox(body)
+    assert sender.flush_outbox() == 0  # still down: rescheduled, not lost
+    assert redis_client.zcard(keys.OUTBOX) == 1
+    backend.callback.down = False
+    redis_client.zadd(keys.OUTBOX, {m: 0 for m in redis_client.zrange(keys.OUTBOX, 0, -1)})  # due now
+    assert sender.flush_outbox() == 1
+    assert redis_client.zcard(keys.OUTBOX) == 0
+    assert [c["job_id"] for c in backend.terminal_callbacks()] == ["job-1"]
+
+
+def test_an_entry_claimed_by_a_sender_that_died_is_sent_again_later(make_settings, redis_client, backend):
+    sender = CallbackSender(make_settings(), redis_client)
+    sender.add_to_outbox(build_callback("v1", "job-2", "failed", error_message="x"))
+    # A flusher claims it (pushing its due time out) and then dies before sending.
+    claimed = sender._claim_due(keys=[keys.OUTBOX], args=[9e18, 10, 1.0])
+    assert len(claimed) == 1
+    assert sender.flush_outbox() == 1  # due again (score 1.0 is in the past): delivered
+    assert backend.terminal_callbacks("job-2")
+
+
+def test_signed_callbacks_are_accepted_and_a_wrong_secret_is_recorded_as_rejected(make_settings, redis_client, backend):
+    good = CallbackSender(make_settings(), redis_client)
+    assert good.deliver(build_callback("v2", "job-3", "completed")) == "delivered"
+    bad = CallbackSender(make_settings(job_callback_secret="not-the-secret"), redis_client)
+    assert bad.deliver(build_callback("v2", "job-4", "completed")) == "rejected"
+    rejected = json.loads(redis_client.lindex(keys.CALLBACK_REJECTED, 0))
+    assert "401" in rejected["reason"] and "not-the-secret" not in json.dumps(rejected)
+
+
+def test_progress_callbacks_are_never_outboxed(make_settings, redis_client, backend):
+    backend.callback.down = True
+    sender = CallbackSender(make_settings(), redis_client)
+    assert not sender.send_progress(build_callback("v1", "job-5", "processing"))
+    assert redis_client.zcard(keys.OUTBOX) == 0
