@@ -177,7 +177,7 @@ def cmd_bench(args) -> int:
     configure_logging("WARNING")
     report = run_fleet_bench(
         jobs=args.jobs, gpu_seconds=args.gpu_seconds, upload_latency=args.upload_latency,
-        callback_latency=args.callback_latency, redis_url=Settings().effective_redis_url,
+        callback_latency=args.callback_latency, redis_url=Settings().effective_redis_url, size=args.size,
     )
     print(json.dumps(report, indent=2) if args.json else report["table"])
     return 0
@@ -243,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--gpu-seconds", type=float, default=1.0)
     bench.add_argument("--upload-latency", type=float, default=0.2)
     bench.add_argument("--callback-latency", type=float, default=0.05)
+    bench.add_argument("--size", type=int, default=1024, help="fleet: image side in pixels")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=cmd_bench)
     return parser

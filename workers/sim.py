@@ -19,17 +19,26 @@ from shared.engine import Engine, ImageOutput, JobResult, RunContext, VideoOutpu
 
 
 def draw_frame(seed: int, width: int, height: int, t: float = 0.0) -> np.ndarray:
-    """Smooth colour waves chosen by the seed; `t` moves them for video frames."""
+    """Smooth colour waves chosen by the seed; `t` moves them for video frames.
+
+    Drawn at most 128 px wide and scaled up: smooth waves survive that, and drawing stays far
+    cheaper than the simulated GPU time it stands in for.
+    """
     rng = np.random.default_rng(seed)
     freq = rng.uniform(1.0, 6.0, size=(3, 2))
     phase = rng.uniform(0, 2 * np.pi, size=3)
-    y = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None]
-    x = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :]
+    scale = min(1.0, 128 / max(width, height))
+    small_w, small_h = max(2, round(width * scale)), max(2, round(height * scale))
+    y = np.linspace(0.0, 1.0, small_h, dtype=np.float32)[:, None]
+    x = np.linspace(0.0, 1.0, small_w, dtype=np.float32)[None, :]
     channels = [
         0.5 + 0.5 * np.sin(2 * np.pi * (freq[c, 0] * x + freq[c, 1] * y) + phase[c] + 2 * np.pi * t)
         for c in range(3)
     ]
-    return (np.stack(channels, axis=-1) * 255).astype(np.uint8)
+    small = Image.fromarray((np.stack(channels, axis=-1) * 255).astype(np.uint8))
+    if (small_w, small_h) != (width, height):
+        small = small.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(small)
 
 
 class SimEngine(Engine):
@@ -49,13 +58,16 @@ class SimEngine(Engine):
             return None
         return (job.engine, job.media, job.width, job.height, job.steps, job.guidance_scale, job.frames)
 
-    def _simulate_gpu(self, job: Job, ctx: RunContext, seconds: float, done_before: int, total: int) -> None:
-        # Sleep in step-sized slices so cancellation and progress behave as they do on a GPU.
+    def _simulate_gpu(self, job: Job, ctx: RunContext, started: float, done_before: int, total: int) -> None:
+        """Wait out the rest of this output's GPU time in step-sized slices, as a sampler would:
+        cancellation and progress behave as they do on a GPU, and drawing counts as GPU time."""
         steps = max(1, job.steps)
-        per_step = seconds / steps
+        per_step = self.gpu_seconds / steps
         for step in range(steps):
             ctx.check(job)
-            time.sleep(per_step)
+            remaining = started + (step + 1) * per_step - time.monotonic()
+            if remaining > 0:
+                time.sleep(remaining)
             ctx.progress(job, done_before * steps + step + 1, total * steps)
 
     def run(self, jobs: list[Job], ctx: RunContext) -> list[JobResult | JobError]:
@@ -64,7 +76,8 @@ class SimEngine(Engine):
             try:
                 items: list[ImageOutput | VideoOutput] = []
                 for index, seed in enumerate(job.image_seeds()):
-                    self._simulate_gpu(job, ctx, self.gpu_seconds, index, job.num_images)
+                    started = time.monotonic()
+                    ctx.check(job)
                     meta = {"engine": "sim"}
                     if job.media == "video":
                         frames = np.stack(
@@ -74,6 +87,7 @@ class SimEngine(Engine):
                     else:
                         image = Image.fromarray(draw_frame(seed, job.width, job.height))
                         items.append(ImageOutput(image=image, seed=seed, metadata=meta))
+                    self._simulate_gpu(job, ctx, started, index, job.num_images)
                 results.append(JobResult(job=job, items=items, metadata={"final_prompt": job.prompt}))
             except JobError as exc:
                 results.append(exc)

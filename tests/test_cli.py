@@ -1,0 +1,116 @@
+import json
+import threading
+
+import pytest
+
+from shared import keys
+from shared.queue import JobQueue
+from tests.conftest import TEST_REDIS_URL
+from workers.cli import main
+
+
+@pytest.fixture
+def cli_env(monkeypatch, tmp_path, backend):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REDIS_URL", TEST_REDIS_URL)
+    monkeypatch.setenv("STORAGE_URL", f"file://{tmp_path}/outputs")
+    monkeypatch.setenv("SUPABASE_URL", backend.url)
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", "test-service-key")
+    monkeypatch.setenv("JOB_CALLBACK_SECRET", "test-callback-secret")
+    monkeypatch.setenv("LOG_LEVEL", "WARNING")
+    return monkeypatch
+
+
+def _out(capsys):
+    return [json.loads(line) for line in capsys.readouterr().out.strip().splitlines() if line.startswith("{")]
+
+
+def test_submit_pushes_like_the_v1_backend(cli_env, redis_client, capsys):
+    assert main(["submit", "sdxl_image_high", "a fox", "--num-images", "3", "--seed", "9"]) == 0
+    job_id = _out(capsys)[0]["job_id"]
+    element = redis_client.lindex(keys.SDXL_QUEUE, 0)
+    payload = json.loads(element)  # v1: the payload's JSON text itself
+    assert payload["id"] == job_id and payload["bucket"] == "sdxl_image_high"
+    assert payload["config"]["num_images"] == 3 and payload["config"]["seed"] == 9
+
+
+def test_submit_pushes_like_the_v2_backend(cli_env, redis_client, capsys):
+    cli_env.setenv("CONTRACT", "v2")
+    main(["submit", "video_fast", "waves"])
+    main(["submit", "video_high", "more waves"])
+    first, second = (o["job_id"] for o in _out(capsys))
+    elements = redis_client.lrange(keys.WAN_QUEUE, 0, -1)
+    decoded = [json.loads(json.loads(e)[0]) for e in elements]  # v2: array of the payload's text
+    assert [d["id"] for d in decoded] == [first, second]  # RPUSH: oldest on the left
+    assert decoded[0]["job_type"] == "wan_video_fast"
+
+
+def test_cancel_a_queued_job_removes_it_and_reports_it(cli_env, redis_client, backend, capsys):
+    cli_env.setenv("CONTRACT", "v2")
+    main(["submit", "sdxl_image_fast", "a fox"])
+    job_id = _out(capsys)[0]["job_id"]
+    assert main(["cancel", job_id]) == 0
+    assert _out(capsys)[0]["cancelled"] == "queued"
+    assert redis_client.llen(keys.SDXL_QUEUE) == 0
+    assert [c["status"] for c in backend.terminal_callbacks(job_id)] == ["cancelled"]
+
+
+def test_cancel_an_unknown_or_running_job_sets_the_flag(cli_env, redis_client, capsys):
+    assert main(["cancel", "job-running"]) == 0
+    assert _out(capsys)[0]["cancelled"] == "requested"
+    assert redis_client.exists(keys.cancel("job-running"))
+
+
+def test_dlq_list_and_requeue(cli_env, redis_client, capsys):
+    redis_client.lpush(keys.SDXL_QUEUE, json.dumps({"id": "j-dead", "type": "sdxl_image_fast"}))
+    queue = JobQueue(redis_client, "w", keys.JOB_QUEUES, "v1")
+    queue.dead_letter(queue.claim(0), "testing")
+    assert main(["dlq", "list"]) == 0
+    assert _out(capsys)[0]["job_id"] == "j-dead"
+    assert main(["dlq", "requeue"]) == 2
+    assert main(["dlq", "requeue", "j-dead"]) == 0
+    assert _out(capsys)[-1] == {"requeued": 1}
+    assert redis_client.llen(keys.SDXL_QUEUE) == 1 and redis_client.llen(keys.DEAD_LETTER) == 0
+
+
+def test_queue_report(cli_env, redis_client, capsys):
+    main(["submit", "image_fast", "a cat"])
+    capsys.readouterr()
+    assert main(["queue"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["queues"]["wan_queue"] == 1 and report["dead_letters"] == 0
+
+
+def test_doctor_reports_one_line_per_check(cli_env, redis_client, backend, capsys, tmp_path):
+    cli_env.setenv("STORAGE_URL", "supabase")
+    assert main(["doctor", "--model", str(tmp_path / "missing")]) == 1
+    out = capsys.readouterr().out
+    assert "ok    redis: Redis" in out and "ok    storage:" in out and "ok    callback:" in out
+    assert "FAIL  model" in out and "does not exist" in out
+    cli_env.setenv("REDIS_URL", "redis://:hunter2secret@127.0.0.1:1/0")
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  redis:" in out and "hunter2secret" not in out
+
+
+def test_submit_wait_prints_the_result(cli_env, redis_client, capsys):
+    from shared.runtime import Worker
+    from shared.settings import Settings
+    from workers.sim import SimEngine
+
+    settings = Settings(worker_id="cli-wait")
+    worker = Worker(SimEngine(gpu_seconds=0.01), settings, max_jobs=1, install_signal_handlers=False)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    code = main(["submit", "sdxl_image_fast", "a fox", "--size", "64x64", "--steps", "2", "--wait", "--timeout", "30"])
+    thread.join(timeout=30)
+    assert code == 0
+    out = capsys.readouterr().out
+    result = json.loads(out[out.index("\n") + 1:])
+    assert result["status"] == "completed" and result["assets"][0].endswith("/0.png")
+
+
+def test_unbuilt_engines_say_so(cli_env, capsys):
+    assert main(["run", "sdxl"]) == 2
+    assert "not part of this build yet" in capsys.readouterr().err
+    assert main(["make-tiny-model", "sim", "/tmp/x"]) == 2

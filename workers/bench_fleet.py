@@ -1,0 +1,130 @@
+"""`ourvidz-worker bench fleet`: how much of the wall time the GPU is busy, pipelined vs. serial.
+
+The same N jobs run twice through the `sim` engine against a local backend whose storage and
+callback endpoints answer with injected latency:
+- pipelined: the fleet's runtime (claim ahead, publish and call back behind the GPU);
+- serial: claim, infer, upload, call back, next — how the replaced workers ran.
+GPU-busy fraction = simulated GPU seconds / wall seconds. Jobs go to bench-only queue names, so
+the benchmark never touches the production queues of the Redis it is pointed at.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from shared.callback import COMPLETED, PROCESSING, build_callback
+from shared.contract import load_presets, parse_job
+from shared.localbackend import LocalBackend
+from shared.outbox import CallbackSender
+from shared.payloads import build_payload, encode_element
+from shared.publish import job_metadata, publish
+from shared.queue import JobQueue, connect
+from shared.runtime import Worker
+from shared.settings import Settings
+from shared.storage import BucketPolicy, SupabaseStorage, Uploader
+from workers.sim import SimEngine
+
+BENCH_KEY = "bench-service-key"
+
+
+class _NoStops:
+    def check(self, job) -> None:
+        pass
+
+    def progress(self, job, step, total) -> None:
+        pass
+
+
+def _settings(backend: LocalBackend, redis_url: str, worker_id: str) -> Settings:
+    return Settings(
+        redis_url=redis_url, contract="v1", storage_url="supabase", supabase_url=backend.url,
+        supabase_service_key=BENCH_KEY, worker_id=worker_id, lease_seconds=10, batch_wait_ms=0,
+    )
+
+
+def _push_jobs(client, queue: str, jobs: int, size: int) -> None:
+    for i in range(jobs):
+        payload = build_payload("v1", "sdxl_image_fast", f"bench job {i}", seed=i, width=size, height=size, steps=25)
+        client.lpush(queue, encode_element("v1", payload))
+
+
+def _run_pipelined(settings: Settings, queue: str, jobs: int, gpu_seconds: float) -> float:
+    worker = Worker(SimEngine(gpu_seconds=gpu_seconds), settings, max_jobs=jobs, queues=(queue,),
+                    install_signal_handlers=False)
+    started = time.monotonic()
+    worker.run()
+    return time.monotonic() - started
+
+
+def _run_serial(settings: Settings, queue: str, jobs: int, gpu_seconds: float) -> float:
+    """One job at a time, every step in line: the replaced fleet's loop."""
+    client = connect(settings.effective_redis_url)
+    job_queue = JobQueue(client, settings.worker_id, (queue,), "v1")
+    engine = SimEngine(gpu_seconds=gpu_seconds)
+    presets = load_presets(str(settings.presets_file))
+    policy = BucketPolicy(presets)
+    uploader = Uploader(SupabaseStorage(settings.supabase_url, BENCH_KEY), policy, attempts=1)
+    sender = CallbackSender(settings, client)
+    started = time.monotonic()
+    for _ in range(jobs):
+        claimed = job_queue.claim(block_seconds=5)
+        job = parse_job(claimed.raw, presets)
+        sender.send_progress(build_callback("v1", job.id, PROCESSING))
+        result = engine.run([job], _NoStops())[0]
+        assets = publish(result, "v1", uploader, policy)
+        sender.deliver(build_callback("v1", job.id, COMPLETED, assets, metadata=job_metadata(job, result)))
+        job_queue.finish(claimed)
+    return time.monotonic() - started
+
+
+def run_fleet_bench(
+    jobs: int = 20,
+    gpu_seconds: float = 1.0,
+    upload_latency: float = 0.2,
+    callback_latency: float = 0.05,
+    redis_url: str = "redis://127.0.0.1:6379/0",
+    size: int = 1024,
+) -> dict[str, Any]:
+    backend = LocalBackend(service_key=BENCH_KEY).start()
+    backend.storage.latency = upload_latency
+    backend.callback.latency = callback_latency
+    client = connect(redis_url)
+    run_id = uuid.uuid4().hex[:8]
+    try:
+        results = {}
+        for mode, runner in (("pipelined", _run_pipelined), ("serial", _run_serial)):
+            queue = f"bench:{run_id}:{mode}"
+            before = len(backend.terminal_callbacks())
+            _push_jobs(client, queue, jobs, size)
+            wall = runner(_settings(backend, redis_url, f"bench-{run_id}-{mode}"), queue, jobs, gpu_seconds)
+            completed = len(backend.terminal_callbacks()) - before
+            results[mode] = {"wall_seconds": round(wall, 3), "gpu_busy_fraction": round(jobs * gpu_seconds / wall, 4),
+                             "jobs_completed": completed}
+            client.delete(queue)
+    finally:
+        backend.stop()
+        client.close()
+    ratio = results["serial"]["wall_seconds"] / results["pipelined"]["wall_seconds"]
+    report = {
+        "jobs": jobs, "gpu_seconds_per_job": gpu_seconds, "upload_latency_s": upload_latency,
+        "callback_latency_s": callback_latency, "image_size": size, "uploads_per_job": 2,
+        **results, "speedup_vs_serial": round(ratio, 3),
+    }
+    report["table"] = _table(report)
+    return report
+
+
+def _table(r: dict[str, Any]) -> str:
+    lines = [
+        f"fleet benchmark: {r['jobs']} sdxl_image_fast jobs ({r['image_size']}px PNG + WEBP thumbnail), "
+        f"{r['gpu_seconds_per_job']:g} s simulated GPU per job, "
+        f"{r['upload_latency_s'] * 1000:g} ms per upload, {r['callback_latency_s'] * 1000:g} ms per callback",
+        f"{'mode':<10} {'wall s':>8} {'GPU busy':>9} {'completed':>10}",
+    ]
+    for mode in ("pipelined", "serial"):
+        m = r[mode]
+        lines.append(f"{mode:<10} {m['wall_seconds']:>8.2f} {m['gpu_busy_fraction']:>9.3f} {m['jobs_completed']:>10}")
+    lines.append(f"pipelined is {r['speedup_vs_serial']:.2f}x faster than serial")
+    return "\n".join(lines)
