@@ -54,6 +54,15 @@ def _format_exc_redacted(logger, name, event_dict):
     return event_dict
 
 
+class _StderrLogger:
+    """Writes each line to whatever sys.stderr is at that moment (it may be swapped after setup)."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
 def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
     register_secrets(secrets)
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s")
@@ -69,7 +78,7 @@ def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=lambda *_args: _StderrLogger(),
         cache_logger_on_first_use=False,
     )
 
