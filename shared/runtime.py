@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,7 @@ class Task:
     prepared_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     last_progress: float = 0.0
+    progress_sent: list[Future] = field(default_factory=list)  # awaited before the terminal callback
 
 
 class _BatchContext:
@@ -85,7 +86,7 @@ class _BatchContext:
             return
         task.last_progress = now
         meta = {"job_type": job.type, "progress": round(step / max(total, 1), 4), "step": step, "total_steps": total}
-        self.worker.post_pool.submit(self.worker.send_processing, job.id, meta)
+        self.worker.send_processing(task, meta)
 
 
 class Worker:
@@ -135,6 +136,8 @@ class Worker:
         self._batch_started: float | None = None
         self._counts = {"completed": 0, "failed": 0, "cancelled": 0, "retried": 0, "dead_lettered": 0}
         self.post_pool = ThreadPoolExecutor(settings.post_workers, thread_name_prefix="post")
+        self.progress_pool = ThreadPoolExecutor(2, thread_name_prefix="progress")
+        self._deferred: list[Callable[[], Any]] = []  # acknowledgements Redis refused; the keeper retries them
         self._post_slots = threading.BoundedSemaphore(settings.post_workers * 2)
         self._keeper_stop = threading.Event()
         self.http: HealthServer | None = None
@@ -200,6 +203,11 @@ class Worker:
         if leftovers:
             self.log.info("requeued_on_shutdown", count=len(leftovers))
         self.post_pool.shutdown(wait=True)
+        self.progress_pool.shutdown(wait=True)
+        try:
+            self._run_deferred()
+        except redis.RedisError:  # still held in Redis: a reaper returns them once our lease lapses
+            self.log.error("acks_left_undone", count=len(self._deferred))
         self._keeper_stop.set()
         keeper.join(timeout=10)
         try:
@@ -278,7 +286,7 @@ class Worker:
             ctx.tasks[task.job_id] = task
             live.append(task)
             self.metrics.stage_seconds.labels("wait_for_gpu").observe(started - task.prepared_at)
-            self.post_pool.submit(self.send_processing, task.job_id, {"job_type": task.job.type, "progress": 0.0})
+            self.send_processing(task, {"job_type": task.job.type, "progress": 0.0})
         if live:
             self.metrics.batch_images.observe(sum(self.engine.cost(t.job) for t in live))
             outcomes = self._call_engine(live, ctx)
@@ -463,6 +471,13 @@ class Worker:
             # A reaper took it back while we were presumed dead: the worker that has it now reports.
             self.log.warning("job_reclaimed_elsewhere", job_id=task.job_id)
             return
+        # A late `processing` landing after the terminal callback would undo it (v1 applies every
+        # callback), so the job's progress callbacks finish first.
+        for sent in task.progress_sent:
+            try:
+                sent.result(timeout=self.settings.callback_timeout_seconds + 1)
+            except Exception:  # noqa: S110 - a lost progress update is harmless
+                pass
         body = build_callback(self.era, task.job_id, status, assets, error_message, metadata)
         started = time.monotonic()
         delivery = self.sender.deliver(body)
@@ -471,18 +486,29 @@ class Worker:
         record = {"status": body["status"], "assets": body["assets"], "error_message": error_message,
                   "metadata": body["metadata"], "worker_id": self.worker_id, "finished_at": time.time(),
                   "callback": delivery}
-        if dead_letter is not None:
-            self._retry_redis(lambda: self.queue.dead_letter(task.claimed, dead_letter, outbox_member=member))
-            self._retry_redis(lambda: self.redis.set(keys.result(task.job_id), json.dumps(record),
-                                                     ex=self.settings.result_ttl_seconds))
-        else:
-            self._retry_redis(lambda: self.queue.finish(task.claimed, record, self.settings.result_ttl_seconds, member))
-        self._retry_redis(lambda: self.redis.delete(keys.cancel(task.job_id)))
+        def let_go() -> None:
+            if dead_letter is not None:
+                self.queue.dead_letter(task.claimed, dead_letter, outbox_member=member)
+                self.redis.set(keys.result(task.job_id), json.dumps(record), ex=self.settings.result_ttl_seconds)
+            else:
+                self.queue.finish(task.claimed, record, self.settings.result_ttl_seconds, member)
+            self.redis.delete(keys.cancel(task.job_id))
+
+        try:
+            self._retry_redis(let_go)
+        except redis.RedisError:
+            # The callback went out but Redis is away: keep the job held (our lease protects it)
+            # and let the keeper acknowledge it once Redis answers again.
+            self.log.error("ack_deferred", job_id=task.job_id)
+            with self._cond:
+                self._deferred.append(let_go)
         self._count(body["status"] if status != CANCELLED else "cancelled", dead_letter)
         self.metrics.stage_seconds.labels("total").observe(time.time() - task.claimed.claimed_at)
 
-    def send_processing(self, job_id: str, metadata: dict[str, Any]) -> None:
-        self.sender.send_progress(build_callback(self.era, job_id, PROCESSING, metadata=metadata))
+    def send_processing(self, task: Task, metadata: dict[str, Any]) -> None:
+        """Best-effort progress, off the GPU thread, on its own pool so it never waits behind uploads."""
+        body = build_callback(self.era, task.job_id, PROCESSING, metadata=metadata)
+        task.progress_sent.append(self.progress_pool.submit(self.sender.send_progress, body))
 
     # ------------------------------------------------------------------------ keeper
 
@@ -491,6 +517,7 @@ class Worker:
         while not self._keeper_stop.wait(interval):
             try:
                 self.queue.heartbeat()
+                self._run_deferred()
                 returned = self.queue.reap_dead_workers()
                 if returned:
                     self.log.warning("reclaimed_dead_worker_jobs", count=returned)
@@ -506,6 +533,17 @@ class Worker:
                 self.log.critical("engine_hung_exiting", seconds=round(time.monotonic() - started))
                 os._exit(70)
 
+    def _run_deferred(self) -> None:
+        with self._cond:
+            pending, self._deferred = self._deferred, []
+        for index, let_go in enumerate(pending):
+            try:
+                let_go()
+            except redis.RedisError:
+                with self._cond:
+                    self._deferred.extend(pending[index:])
+                raise
+
     # ----------------------------------------------------------------------- helpers
 
     def job_cancelled(self, job_id: str) -> bool:
@@ -514,8 +552,11 @@ class Worker:
         except redis.RedisError:
             return False
 
-    def _retry_redis(self, call: Callable[[], Any], attempts: int = 8) -> Any:
-        """Redis blips must not strand a finished job: retry for about a minute before giving up."""
+    redis_retry_attempts = 8  # about 30 s of backoff
+
+    def _retry_redis(self, call: Callable[[], Any]) -> Any:
+        """Redis blips must not strand a finished job: retry with backoff before giving up."""
+        attempts = self.redis_retry_attempts
         delay = 0.25
         for attempt in range(attempts):
             try:

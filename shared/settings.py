@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from functools import cached_property
 from pathlib import Path
@@ -53,6 +54,14 @@ class Settings(BaseSettings):
     worker_id: str = Field(default_factory=default_worker_id, validation_alias="WORKER_ID")
     health_port: int | None = Field(default=None, validation_alias="HEALTH_PORT")
     log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
+
+    @field_validator("worker_id")
+    @classmethod
+    def _safe_worker_id(cls, v: str) -> str:
+        # It is part of Redis key names and SCAN patterns: no glob or separator characters.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", v):
+            raise ValueError(f"WORKER_ID {v!r} must be letters, digits, '.', '-' and '_'")
+        return v
 
     @field_validator("supabase_url", "upstash_redis_rest_url")
     @classmethod

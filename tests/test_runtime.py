@@ -246,3 +246,38 @@ def test_max_jobs_exits_after_that_many_and_leaves_the_rest(make_settings, redis
     assert worker.run() == 0
     assert len(backend.terminal_callbacks()) == 2
     assert redis_client.llen(keys.SDXL_QUEUE) == 1
+
+
+def test_a_job_that_keeps_killing_its_worker_is_dead_lettered_with_a_failed_callback(make_settings, redis_client, backend):
+    job = submit(redis_client, "v2")
+    # Three earlier claims died with their worker (kill -9 after claiming, each time).
+    redis_client.hset(keys.ATTEMPTS, job["id"], 3)
+    with running_worker(make_settings(contract="v2", max_attempts=3)):
+        callbacks = backend.wait_for_terminal(1)
+        wait_until(lambda: dead_letters(redis_client))
+    assert callbacks[0]["status"] == "failed" and callbacks[0]["metadata"]["error_type"] == "max_attempts_exceeded"
+    assert "gave up after 3 attempts" in callbacks[0]["error_message"]
+    assert dead_letters(redis_client)[0]["job_id"] == job["id"]
+    assert not backend.objects  # it never reached the engine
+
+
+def test_an_ack_that_redis_refuses_is_retried_by_the_keeper(make_settings, redis_client, backend):
+    import redis as redis_lib
+
+    job = submit(redis_client, "v1")
+    with running_worker(make_settings(lease_seconds=0.6)) as worker:
+        worker.redis_retry_attempts = 2
+        real_finish, failures = worker.queue.finish, []
+
+        def flaky_finish(*args, **kwargs):
+            if len(failures) < 3:  # two tries in the post thread, one more from the keeper
+                failures.append(1)
+                raise redis_lib.ConnectionError("Redis went away")
+            return real_finish(*args, **kwargs)
+
+        worker.queue.finish = flaky_finish
+        backend.wait_for_terminal(1)
+        wait_until(lambda: redis_client.llen(keys.processing(worker.worker_id, keys.SDXL_QUEUE)) == 0, 10)
+        assert len(failures) == 3
+    assert json.loads(redis_client.get(keys.result(job["id"])))["status"] == "completed"
+    assert len(backend.terminal_callbacks(job["id"])) == 1

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 from shared import keys
-from shared.contract import SAFE_ID, load_presets
+from shared.contract import load_presets
 from shared.logging import configure_logging
 from shared.settings import Settings
 
@@ -53,9 +53,6 @@ def cmd_run(args) -> int:
               file=sys.stderr)
         return 2
     settings = _settings(args)
-    if not SAFE_ID.match(settings.worker_id):
-        print(f"worker id {settings.worker_id!r} must be letters, digits, '-' and '_'", file=sys.stderr)
-        return 2
     from shared.runtime import Worker
 
     engine = ENGINE_FACTORIES[args.engine](args)
