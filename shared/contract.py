@@ -378,12 +378,17 @@ def parse_job(raw: Any, presets: Presets, policy: str = "payload") -> Job:
         references=references,
         compel_enabled=_flag(payload.get("compel_enabled")),
         compel_weights=payload.get("compel_weights"),
-        content_type=payload.get("content_type") if isinstance(payload.get("content_type"), str) else None,
-        character_id=payload.get("character_id") if isinstance(payload.get("character_id"), str) else None,
-        model_variant=payload.get("model_variant") if isinstance(payload.get("model_variant"), str) else None,
-        created_at=payload.get("created_at") if isinstance(payload.get("created_at"), str) else None,
+        content_type=_optional_text(payload, "content_type"),
+        character_id=_optional_text(payload, "character_id"),
+        model_variant=_optional_text(payload, "model_variant"),
+        created_at=_optional_text(payload, "created_at"),
         payload=payload,
     )
+
+
+def _optional_text(payload: dict, key: str) -> str | None:
+    value = payload.get(key)
+    return value if isinstance(value, str) else None
 
 
 def _is_number(value: Any) -> bool:
