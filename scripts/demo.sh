@@ -8,14 +8,15 @@ bash scripts/bootstrap.sh
 . .venv/bin/activate
 export LOG_LEVEL=${LOG_LEVEL:-WARNING}
 
-ourvidz-worker run sim --device cpu --gpu-seconds 0.5 --health-port 8000 &
+port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+ourvidz-worker run sim --device cpu --gpu-seconds 0.5 --health-port "$port" &
 worker=$!
 trap 'kill -TERM $worker 2>/dev/null || true' EXIT
 
 echo "== submitting an SDXL job (3 images) and a WAN video job, and waiting for their results"
 ourvidz-worker submit sdxl_image_fast "a lighthouse at dawn, oil painting" --num-images 3 --seed 42 --wait --timeout 120
 ourvidz-worker submit video_fast "waves rolling onto a beach" --seed 7 --wait --timeout 120
-echo "== health: $(curl -s http://127.0.0.1:8000/health || true)"
+echo "== health: $(python -c "import urllib.request as u; print(u.urlopen('http://127.0.0.1:$port/health').read().decode())")"
 
 kill -TERM $worker && wait $worker
 trap - EXIT
