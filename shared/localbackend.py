@@ -44,6 +44,7 @@ class LocalBackend:
 
     def __post_init__(self):
         self.objects: dict[tuple[str, str], tuple[bytes, str]] = {}
+        self.files: dict[str, tuple[int, bytes, dict[str, str]]] = {}  # path -> (status, body, headers) for GET
         self.callbacks: list[dict[str, Any]] = []
         self.upload_count = 0
         self.lock = threading.Lock()
@@ -131,6 +132,28 @@ class LocalBackend:
                 self._reply(404, {"error": "not found"})
 
             def do_GET(self):  # noqa: N802
+                path = self.path.split("?")[0]
+                if path in backend.files:
+                    status, body, headers = backend.files[path]
+                    self.send_response(status)
+                    for name, value in {"Content-Length": str(len(body)), **headers}.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                if self.path.startswith("/storage/v1/object/authenticated/"):
+                    if not self._authorized():
+                        return self._reply(403, {"message": "invalid service key"})
+                    bucket, _, key = unquote(self.path[len("/storage/v1/object/authenticated/"):]).partition("/")
+                    found = backend.objects.get((bucket, key))
+                    if found is None:
+                        return self._reply(404, {"message": "Object not found"})
+                    self.send_response(200)
+                    self.send_header("Content-Type", found[1])
+                    self.send_header("Content-Length", str(len(found[0])))
+                    self.end_headers()
+                    self.wfile.write(found[0])
+                    return
                 if self.path == "/storage/v1/bucket":
                     return self._reply(200, [{"name": b} for b in sorted({b for b, _ in backend.objects})])
                 self._reply(404, {"error": "not found"})

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     callback_retries: int = Field(default=3, ge=1, validation_alias="CALLBACK_RETRIES")
     storage_retries: int = Field(default=5, ge=1, validation_alias="STORAGE_RETRIES")
     retry_base_seconds: float = Field(default=0.5, gt=0, validation_alias="RETRY_BASE_SECONDS")
+    reference_allowed_hosts: str | None = Field(default=None, validation_alias="REFERENCE_ALLOWED_HOSTS")
+    reference_allow_private: bool = Field(default=False, validation_alias="REFERENCE_ALLOW_PRIVATE")
+    reference_max_bytes: int = Field(default=20 * 1024 * 1024, gt=0, validation_alias="REFERENCE_MAX_BYTES")
+    reference_max_pixels: int = Field(default=40_000_000, gt=0, validation_alias="REFERENCE_MAX_PIXELS")
+    reference_timeout_seconds: float = Field(default=20.0, gt=0, validation_alias="REFERENCE_TIMEOUT_SECONDS")
     worker_id: str = Field(default_factory=default_worker_id, validation_alias="WORKER_ID")
     health_port: int | None = Field(default=None, validation_alias="HEALTH_PORT")
     log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
@@ -86,6 +91,13 @@ class Settings(BaseSettings):
         if self.supabase_url:
             return f"{self.supabase_url}/functions/v1/job-callback"
         return "file://./outputs/callbacks.jsonl"
+
+    def allowed_reference_hosts(self) -> list[str]:
+        """Hosts reference images may come from: the setting, else the Supabase host alone."""
+        if self.reference_allowed_hosts:
+            return [h.strip().lower() for h in self.reference_allowed_hosts.split(",") if h.strip()]
+        host = urlparse(self.supabase_url).hostname if self.supabase_url else None
+        return [host.lower()] if host else []
 
     def secret_values(self) -> list[str]:
         """Every secret this process knows, so the log redactor can scrub them from any text."""

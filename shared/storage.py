@@ -23,6 +23,7 @@ from shared.settings import Settings
 
 class Storage(Protocol):
     def put(self, bucket: str, key: str, data: bytes, content_type: str) -> None: ...
+    def get(self, bucket: str, key: str, max_bytes: int) -> bytes: ...
     def describe(self) -> str: ...
     def check(self) -> str: ...
 
@@ -77,6 +78,15 @@ class FileStorage:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def get(self, bucket: str, key: str, max_bytes: int) -> bytes:
+        _safe_key(bucket, key)
+        path = self.root / bucket / key
+        if not path.is_file():
+            raise JobError("reference_error", f"{bucket}/{key} does not exist in {self.describe()}")
+        if path.stat().st_size > max_bytes:
+            raise JobError("reference_error", f"{bucket}/{key} is larger than {max_bytes} bytes")
+        return path.read_bytes()
+
     def describe(self) -> str:
         return f"file://{self.root}"
 
@@ -113,6 +123,17 @@ class SupabaseStorage:
             raise TransientError(f"storage answered {response.status_code}: {detail}")
         raise PermanentError(f"storage refused {bucket}/{key} ({response.status_code}): {detail}", response.status_code, detail)
 
+    def get(self, bucket: str, key: str, max_bytes: int) -> bytes:
+        """An authenticated download (the backend hands us raw keys when URL signing failed)."""
+        _safe_key(bucket, key)
+        url = f"{self.base_url}/storage/v1/object/authenticated/{quote(bucket)}/{quote(key)}"
+        with self.http.stream("GET", url, headers=self._headers()) as response:
+            if response.status_code != 200:
+                response.read()
+                raise JobError("reference_error", f"storage answered {response.status_code} for {bucket}/{key}: "
+                               f"{_error_detail(response)}")
+            return _read_capped(response, max_bytes, f"{bucket}/{key}")
+
     def describe(self) -> str:
         return f"supabase {self.base_url}"
 
@@ -121,6 +142,19 @@ class SupabaseStorage:
         if response.status_code != 200:
             raise RuntimeError(f"storage answered {response.status_code}: {_error_detail(response)}")
         return f"{len(response.json())} buckets visible at {self.base_url}"
+
+
+def _read_capped(response: httpx.Response, max_bytes: int, what: str) -> bytes:
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise JobError("reference_error", f"{what} is {int(declared)} bytes, the limit is {max_bytes}")
+    chunks, total = [], 0
+    for chunk in response.iter_bytes():
+        total += len(chunk)
+        if total > max_bytes:
+            raise JobError("reference_error", f"{what} is larger than the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _error_detail(response: httpx.Response) -> str:
@@ -171,6 +205,17 @@ class S3Storage:
             raise PermanentError(f"s3 refused {object_key} ({status}): {message}", status, message) from exc
         except Exception as exc:  # botocore's connection errors
             raise TransientError(f"s3 unreachable: {exc}") from exc
+
+    def get(self, bucket: str, key: str, max_bytes: int) -> bytes:
+        _safe_key(bucket, key)
+        object_key = "/".join(p for p in (self.prefix, bucket, key) if p)
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=object_key)
+        except self._client_error as exc:
+            raise JobError("reference_error", f"s3 has no {object_key}: {exc.response.get('Error', {}).get('Message')}") from exc
+        if obj["ContentLength"] > max_bytes:
+            raise JobError("reference_error", f"{object_key} is {obj['ContentLength']} bytes, the limit is {max_bytes}")
+        return obj["Body"].read()
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"

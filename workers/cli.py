@@ -15,18 +15,36 @@ from shared.settings import Settings
 
 # Engines that exist, by name; each factory takes the parsed arguments. The SDXL, WAN and chat
 # engines register here as they are built.
-ENGINE_FACTORIES: dict[str, Callable[[argparse.Namespace], object]] = {}
-TINY_MODEL_BUILDERS: dict[str, Callable[[str], None]] = {}
-PLANNED_ENGINES = ("sdxl", "wan", "chat")
+ENGINE_FACTORIES: dict[str, Callable[[argparse.Namespace, Settings], object]] = {}
+TINY_MODEL_BUILDERS: dict[str, Callable[[str], object]] = {}
+PLANNED_ENGINES = ("wan", "chat")
 
 
-def _sim_engine(args):
+def _sim_engine(args, _settings):
     from workers.sim import SimEngine
 
     return SimEngine(gpu_seconds=args.gpu_seconds, max_batch_images=args.batch_images)
 
 
+def _sdxl_engine(args, settings):
+    from shared.fetch import ReferenceFetcher
+    from shared.storage import make_storage
+    from workers.sdxl.engine import SDXLEngine
+
+    if not args.model:
+        raise SystemExit("run sdxl needs --model: a diffusers folder or a .safetensors checkpoint")
+    return SDXLEngine(args.model, fetcher=ReferenceFetcher(settings, make_storage(settings)))
+
+
+def _tiny_sdxl(directory: str):
+    from workers.sdxl.tiny import make_tiny_sdxl
+
+    return make_tiny_sdxl(directory)
+
+
 ENGINE_FACTORIES["sim"] = _sim_engine
+ENGINE_FACTORIES["sdxl"] = _sdxl_engine
+TINY_MODEL_BUILDERS["sdxl"] = _tiny_sdxl
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -55,7 +73,7 @@ def cmd_run(args) -> int:
     settings = _settings(args)
     from shared.runtime import Worker
 
-    engine = ENGINE_FACTORIES[args.engine](args)
+    engine = ENGINE_FACTORIES[args.engine](args, settings)
     queues = tuple(q.strip() for q in args.queues.split(",") if q.strip()) if args.queues else None
     worker = Worker(engine, settings, device=args.device, max_jobs=args.max_jobs, queues=queues,
                     health_port=args.health_port)

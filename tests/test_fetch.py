@@ -1,0 +1,83 @@
+import io
+
+import pytest
+from PIL import Image
+
+from shared.contract import JobError
+from shared.fetch import ReferenceFetcher
+from shared.settings import Settings
+from shared.storage import FileStorage
+
+
+def png(size=(32, 16), color=(200, 10, 10)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def fetcher(backend, **overrides) -> ReferenceFetcher:
+    values = dict(supabase_url=backend.url, reference_allow_private=True, reference_max_bytes=100_000,
+                  reference_max_pixels=1_000_000)
+    values.update(overrides)
+    return ReferenceFetcher(Settings(**values))
+
+
+def test_an_image_from_the_allowed_host_is_fetched(backend):
+    backend.files["/refs/fox.png"] = (200, png(), {"Content-Type": "image/png"})
+    image = fetcher(backend).fetch_image(f"{backend.url}/refs/fox.png?token=secret-signature")
+    assert image.size == (32, 16) and image.mode == "RGB"
+
+
+def test_private_addresses_are_refused_by_default(backend):
+    backend.files["/refs/fox.png"] = (200, png(), {})
+    with pytest.raises(JobError) as err:
+        fetcher(backend, reference_allow_private=False).fetch_image(f"{backend.url}/refs/fox.png")
+    assert err.value.error_type == "reference_error" and "non-public address (127.0.0.1)" in err.value.message
+
+
+def test_hosts_not_allowed_are_refused_before_any_request(backend):
+    with pytest.raises(JobError) as err:
+        fetcher(backend, reference_allowed_hosts="cdn.example.com").fetch_image(f"{backend.url}/refs/x.png")
+    assert "not allowed" in err.value.message
+
+
+def test_redirects_are_checked_hop_by_hop(backend):
+    backend.files["/refs/jump"] = (302, b"", {"Location": "http://169.254.169.254/latest/meta-data"})
+    with pytest.raises(JobError) as err:
+        fetcher(backend).fetch_image(f"{backend.url}/refs/jump")
+    assert "169.254.169.254 is not allowed" in err.value.message
+
+
+def test_wrong_content_is_refused_whatever_the_header_says(backend):
+    backend.files["/refs/page.png"] = (200, b"<html>not an image</html>", {"Content-Type": "image/png"})
+    with pytest.raises(JobError) as err:
+        fetcher(backend).fetch_image(f"{backend.url}/refs/page.png")
+    assert "not a PNG, JPEG or WEBP" in err.value.message
+
+
+def test_too_many_bytes_and_too_many_pixels_are_refused(backend):
+    backend.files["/refs/big.png"] = (200, b"\x89PNG\r\n\x1a\n" + b"0" * 200_000, {})
+    with pytest.raises(JobError) as err:
+        fetcher(backend).fetch_image(f"{backend.url}/refs/big.png")
+    assert "limit is 100000" in err.value.message
+    backend.files["/refs/wide.png"] = (200, png(size=(2000, 1000)), {})
+    with pytest.raises(JobError) as err:
+        fetcher(backend).fetch_image(f"{backend.url}/refs/wide.png")
+    assert "2000x1000, more than 1000000 pixels" in err.value.message
+
+
+def test_signed_url_tokens_never_appear_in_errors(backend):
+    with pytest.raises(JobError) as err:
+        fetcher(backend).fetch_image(f"{backend.url}/refs/missing.png?token=eyJsecret")
+    assert "404" in err.value.message and "eyJsecret" not in err.value.message
+
+
+def test_raw_storage_keys_are_read_through_storage(tmp_path, backend):
+    store = FileStorage(tmp_path)
+    store.put("user-library", "u1/ref.png", png(), "image/png")
+    f = ReferenceFetcher(Settings(supabase_url=backend.url), store)
+    assert f.fetch_image("user-library/u1/ref.png").size == (32, 16)
+    with pytest.raises(JobError):
+        f.fetch_image("secrets/u1/ref.png")
+    with pytest.raises(JobError):
+        f.fetch_image("file:///etc/passwd")
