@@ -152,6 +152,9 @@ class Worker:
         if self.health_port is not None:
             self.http = HealthServer({"/health": self._health, "/metrics": self._metrics}, port=self.health_port).start()
             self.log.info("health_server", port=self.http.port)
+        if self.stopping.is_set():  # stopped before it started: nothing claimed, nothing to do
+            self._close()
+            return 0
         try:
             self.engine.setup(self.device)
         except Exception:

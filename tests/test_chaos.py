@@ -45,6 +45,7 @@ def test_random_kills_and_faults_lose_nothing(redis_client, backend, era):
         backend.callback.down = False
         backend.wait_for_terminal(len(ids), timeout=max(5.0, deadline - time.monotonic()))
     finally:
+        time.sleep(1.0)  # a worker started a moment ago is past the interpreter's own start-up
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
         codes = [w.wait(timeout=60) for w in workers]

@@ -281,3 +281,19 @@ def test_an_ack_that_redis_refuses_is_retried_by_the_keeper(make_settings, redis
         assert len(failures) == 3
     assert json.loads(redis_client.get(keys.result(job["id"])))["status"] == "completed"
     assert len(backend.terminal_callbacks(job["id"])) == 1
+
+
+def test_a_worker_stopped_before_it_starts_exits_cleanly_without_claiming(make_settings, redis_client, backend):
+    from shared.runtime import Worker
+
+    class CountingSetup(SimEngine):
+        setups = 0
+
+        def setup(self, device):
+            CountingSetup.setups += 1
+
+    submit(redis_client, "v1")
+    worker = Worker(CountingSetup(), make_settings(), install_signal_handlers=False)
+    worker.stop(grace=0)
+    assert worker.run() == 0
+    assert CountingSetup.setups == 0 and redis_client.llen(keys.SDXL_QUEUE) == 1

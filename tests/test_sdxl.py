@@ -208,11 +208,16 @@ def test_end_to_end_through_redis(era, engine, make_settings, redis_client, back
     text = build_payload(era, "sdxl_image_high", "a lighthouse", width=64, height=64, steps=3, num_images=3, seed=77)
     img2img = build_payload(era, "sdxl_image_fast", "a cat", width=64, height=64, steps=4, seed=5,
                             reference_image_url=f"{backend.url}/refs/cat.png?token=signed")
-    for payload in (text, img2img):
+    bad_reference = build_payload(era, "sdxl_image_fast", "a dog", width=64, height=64, steps=2,
+                                  reference_image_url="https://metadata.internal.example/latest.png")
+    for payload in (text, img2img, bad_reference):
         push(redis_client, era, payload)
     engine.fetcher = ReferenceFetcher(Settings(supabase_url=backend.url, reference_allow_private=True))
     with running_worker(make_settings(contract=era), engine=engine):
-        callbacks = {c["job_id"]: c for c in backend.wait_for_terminal(2, timeout=60)}
+        callbacks = {c["job_id"]: c for c in backend.wait_for_terminal(3, timeout=60)}
+    refused = callbacks[bad_reference["id"]]
+    assert refused["status"] == "failed" and refused["metadata"]["error_type"] == "reference_error"
+    assert "metadata.internal.example is not allowed" in refused["error_message"]
     done, edited = callbacks[text["id"]], callbacks[img2img["id"]]
     assert done["status"] == edited["status"] == "completed", (done, edited)
     assert done["metadata"]["seeds"] == [77, 78, 79] and done["metadata"]["scheduler"] == "unipc"
@@ -220,8 +225,27 @@ def test_end_to_end_through_redis(era, engine, make_settings, redis_client, back
     bucket = "sdxl_image_high" if era == "v1" else "workspace-temp"
     key = f"{text['user_id']}/{text['id']}/2.png"
     assert Image.open(io.BytesIO(backend.objects[(bucket, key)][0])).size == (64, 64)
+    thumb = backend.objects[(bucket, key.replace(".png", ".thumb.webp"))]
+    assert thumb[1] == "image/webp" and Image.open(io.BytesIO(thumb[0])).format == "WEBP"
     if era == "v2":
         assert [a["metadata"]["seed"] for a in done["assets"]] == [77, 78, 79]
         assert edited["assets"][0]["metadata"]["reference_resize"] == "cover"
     else:
         assert done["assets"][2] == key
+
+
+def test_bench_sdxl_runs_all_three_modes(tiny_sdxl):
+    from workers.sdxl.bench import run_sdxl_bench
+
+    report = run_sdxl_bench(str(tiny_sdxl), device="cpu", jobs=2, steps=2, size=64, batch=2)
+    assert set(report["seconds_per_image"]) == {"diffusers_default", "worker_one_job_at_a_time",
+                                                "worker_batched_across_jobs"}
+    assert report["speedup_vs_diffusers"]["diffusers_default"] == 1.0
+    assert "s/image" in report["table"]
+
+
+def test_random_weights_pipeline_builds_from_a_config_folder(tiny_sdxl):
+    from workers.sdxl.bench import random_weights_pipeline
+
+    pipe = random_weights_pipeline(str(tiny_sdxl), dtype=torch.float32)
+    assert pipe.unet.config.cross_attention_dim == 48 and pipe.text_encoder_2.config.hidden_size == 32

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
-from collections.abc import Callable
+import signal
 
-from shared import keys
-from shared.contract import load_presets
-from shared.logging import configure_logging
-from shared.settings import Settings
+# An orchestrator may stop a worker while it is still importing torch or loading a model: note
+# the request now, before anything slow, and let the worker honour it once it runs.
+EARLY_STOP: list[int] = []
+
+
+def _note_early_stop(signum, _frame):
+    EARLY_STOP.append(signum)
+
+
+signal.signal(signal.SIGTERM, _note_early_stop)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+from shared import keys  # noqa: E402
+from shared.contract import load_presets  # noqa: E402
+from shared.logging import configure_logging  # noqa: E402
+from shared.settings import Settings  # noqa: E402
 
 # Engines that exist, by name; each factory takes the parsed arguments. The SDXL, WAN and chat
 # engines register here as they are built.
@@ -77,6 +90,8 @@ def cmd_run(args) -> int:
     queues = tuple(q.strip() for q in args.queues.split(",") if q.strip()) if args.queues else None
     worker = Worker(engine, settings, device=args.device, max_jobs=args.max_jobs, queues=queues,
                     health_port=args.health_port)
+    if EARLY_STOP:
+        worker.stop(grace=0)
     return worker.run()
 
 
@@ -184,8 +199,20 @@ def cmd_make_tiny_model(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.what == "sdxl":
+        from workers.sdxl.bench import run_sdxl_bench
+
+        configure_logging("WARNING")
+        if not args.model:
+            print("bench sdxl needs --model (a model, or a config folder with --random-weights)", file=sys.stderr)
+            return 2
+        report = run_sdxl_bench(args.model, device=args.device, jobs=args.jobs, steps=args.steps, size=args.size,
+                                batch=args.batch, random_weights=args.random_weights, dtype=args.dtype,
+                                compile=args.compile)
+        print(json.dumps(report, indent=2) if args.json else report["table"])
+        return 0
     if args.what != "fleet":
-        print(f"bench {args.what!r} arrives with its engine; available: fleet", file=sys.stderr)
+        print(f"bench {args.what!r} arrives with its engine; available: fleet, sdxl", file=sys.stderr)
         return 2
     from workers.bench_fleet import run_fleet_bench
 
@@ -258,7 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--gpu-seconds", type=float, default=1.0)
     bench.add_argument("--upload-latency", type=float, default=0.2)
     bench.add_argument("--callback-latency", type=float, default=0.05)
-    bench.add_argument("--size", type=int, default=1024, help="fleet: image side in pixels")
+    bench.add_argument("--size", type=int, default=1024, help="image side in pixels")
+    bench.add_argument("--model", help="sdxl: model path, or a diffusers config folder with --random-weights")
+    bench.add_argument("--random-weights", action="store_true", help="sdxl: real architecture, random weights")
+    bench.add_argument("--device", default="cuda")
+    bench.add_argument("--steps", type=int, default=25)
+    bench.add_argument("--batch", type=int, default=6, help="sdxl: images per call when batching")
+    bench.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
+    bench.add_argument("--compile", action="store_true", help="sdxl: torch.compile the UNet")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=cmd_bench)
     return parser

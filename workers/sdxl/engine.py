@@ -88,8 +88,10 @@ class SDXLEngine(Engine):
     queues = (keys.SDXL_QUEUE,)
     job_types = ("sdxl_image_fast", "sdxl_image_high")
 
-    def __init__(self, model: str, config: SDXLSettings | None = None, fetcher: ReferenceFetcher | None = None):
+    def __init__(self, model: str, config: SDXLSettings | None = None, fetcher: ReferenceFetcher | None = None,
+                 pipeline_factory=None):
         self.model = model
+        self.pipeline_factory = pipeline_factory or load_pipeline  # the benchmark passes random weights
         self.config = config or SDXLSettings()
         self.max_batch_images = self.config.max_batch_images
         self.fetcher = fetcher
@@ -107,7 +109,7 @@ class SDXLEngine(Engine):
             raise RuntimeError("--device cuda but no CUDA GPU is visible (use --device cpu to run slowly on the CPU)")
         self.device = device
         dtype = resolve_dtype(self.config.dtype, device)
-        pipe = load_pipeline(self.model, self.config.config_dir, dtype).to(device)
+        pipe = self.pipeline_factory(self.model, self.config.config_dir, dtype).to(device)
         pipe.set_progress_bar_config(disable=True)
         if self.config.channels_last:
             pipe.unet.to(memory_format=torch.channels_last)
