@@ -34,3 +34,8 @@ def cancel(job_id: str) -> str:
 def result(job_id: str) -> str:
     """The terminal outcome of a job, kept a while for `submit --wait` and operators."""
     return f"{PREFIX}result:{job_id}"
+
+
+def reply(request_id: str) -> str:
+    """Where the chat worker pushes the answer to a queued request/reply job."""
+    return f"{PREFIX}reply:{request_id}"

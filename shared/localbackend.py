@@ -47,6 +47,7 @@ class LocalBackend:
         self.files: dict[str, tuple[int, bytes, dict[str, str]]] = {}  # path -> (status, body, headers) for GET
         self.callbacks: list[dict[str, Any]] = []
         self.upload_count = 0
+        self.function_calls: list[tuple[str, dict[str, Any], str | None]] = []  # (name, body, Authorization)
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -128,6 +129,11 @@ class LocalBackend:
                         return self._reply(401, {"error": "invalid signature"})
                     with backend.lock:
                         backend.callbacks.append(json.loads(body))
+                    return self._reply(200, {"success": True})
+                if self.path.startswith("/functions/v1/"):
+                    with backend.lock:
+                        backend.function_calls.append(
+                            (self.path.rsplit("/", 1)[-1], json.loads(body or b"{}"), self.headers.get("Authorization")))
                     return self._reply(200, {"success": True})
                 self._reply(404, {"error": "not found"})
 

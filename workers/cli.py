@@ -30,7 +30,7 @@ from shared.settings import Settings  # noqa: E402
 # engines register here as they are built.
 ENGINE_FACTORIES: dict[str, Callable[[argparse.Namespace, Settings], object]] = {}
 TINY_MODEL_BUILDERS: dict[str, Callable[[str], object]] = {}
-PLANNED_ENGINES = ("wan", "chat")
+PLANNED_ENGINES = ("wan",)
 
 
 def _sim_engine(args, _settings):
@@ -55,7 +55,14 @@ def _tiny_sdxl(directory: str):
     return make_tiny_sdxl(directory)
 
 
+def _tiny_chat(directory: str):
+    from workers.chat.tiny import make_tiny_chat
+
+    return make_tiny_chat(directory)
+
+
 ENGINE_FACTORIES["sim"] = _sim_engine
+TINY_MODEL_BUILDERS["chat"] = _tiny_chat
 ENGINE_FACTORIES["sdxl"] = _sdxl_engine
 TINY_MODEL_BUILDERS["sdxl"] = _tiny_sdxl
 
@@ -79,6 +86,14 @@ def _redis(settings: Settings):
 
 
 def cmd_run(args) -> int:
+    if args.engine == "chat":
+        from workers.chat.worker import run_chat_worker
+
+        if not args.model:
+            print("run chat needs --model: a Qwen2.5 Instruct folder", file=sys.stderr)
+            return 2
+        settings = _settings(args)
+        return run_chat_worker(args.model, args.device, settings, port=args.health_port)
     if args.engine not in ENGINE_FACTORIES:
         print(f"engine {args.engine!r} is not part of this build yet; available: {', '.join(ENGINE_FACTORIES)}",
               file=sys.stderr)
@@ -233,11 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a worker until stopped")
-    run.add_argument("engine", choices=sorted({*ENGINE_FACTORIES, *PLANNED_ENGINES}))
+    run.add_argument("engine", choices=sorted({*ENGINE_FACTORIES, *PLANNED_ENGINES, "chat"}))
     run.add_argument("--model", help="model directory or checkpoint (real engines)")
     run.add_argument("--device", default="cuda", help="torch device (default cuda)")
     run.add_argument("--worker-id", help="unique id of this worker (default host-pid)")
-    run.add_argument("--health-port", type=int, help="serve /health and /metrics on this port")
+    run.add_argument("--health-port", type=int,
+                     help="serve /health and /metrics on this port (chat: the API port, default CHAT_PORT=7861)")
     run.add_argument("--max-jobs", type=int, help="exit after this many jobs")
     run.add_argument("--queues", help="comma-separated queues (default: the engine's)")
     run.add_argument("--gpu-seconds", type=float, default=1.0, help="sim: simulated GPU time per image")

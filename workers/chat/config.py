@@ -1,0 +1,39 @@
+"""Chat worker settings (environment): the backend's key names, then CHAT_* knobs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_ENHANCE_SYSTEM_PROMPT = (
+    "You rewrite prompts for an AI {media} generator. Keep the subject and intent, add concrete visual "
+    "detail (composition, lighting, style, camera{motion}), and answer with the rewritten prompt only, "
+    "in one paragraph of at most 120 words."
+)
+
+
+class ChatSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", protected_namespaces=(), populate_by_name=True)
+
+    chat_api_key: SecretStr | None = Field(default=None, validation_alias="CHAT_WORKER_API_KEY")
+    wan_api_key: SecretStr | None = Field(default=None, validation_alias="WAN_WORKER_API_KEY")
+    allow_unauthenticated_enhance: bool = Field(
+        default=True, validation_alias="CHAT_ALLOW_UNAUTHENTICATED_ENHANCE",
+        description="one backend caller of /enhance sends no key")
+    port: int = Field(default=7861, validation_alias=AliasChoices("CHAT_PORT", "PORT"))
+    base_model: str | None = Field(default=None, validation_alias="CHAT_BASE_MODEL")
+    dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(default="auto", validation_alias="CHAT_DTYPE")
+    max_batch: int = Field(default=8, ge=1, le=256, validation_alias="CHAT_MAX_BATCH")
+    batch_wait_ms: int = Field(default=20, ge=0, validation_alias="CHAT_BATCH_WAIT_MS")
+    max_request_bytes: int = Field(default=1024 * 1024, gt=0, validation_alias="CHAT_MAX_REQUEST_BYTES")
+    max_context_tokens: int | None = Field(default=None, validation_alias="CHAT_MAX_CONTEXT_TOKENS")
+    default_max_tokens: int = Field(default=512, ge=1, validation_alias="CHAT_DEFAULT_MAX_TOKENS")
+    max_tokens_limit: int = Field(default=4096, ge=1, validation_alias="CHAT_MAX_TOKENS_LIMIT")
+    request_timeout_seconds: float = Field(default=120.0, gt=0, validation_alias="CHAT_REQUEST_TIMEOUT_SECONDS")
+    enhance_system_prompt: str = Field(default=DEFAULT_ENHANCE_SYSTEM_PROMPT, validation_alias="CHAT_ENHANCE_SYSTEM_PROMPT")
+    consume_queue: bool = Field(default=True, validation_alias="CHAT_CONSUME_QUEUE")
+
+    def api_keys(self) -> list[str]:
+        return [k.get_secret_value() for k in (self.chat_api_key, self.wan_api_key) if k and k.get_secret_value()]
