@@ -226,8 +226,19 @@ def cmd_bench(args) -> int:
                                 compile=args.compile)
         print(json.dumps(report, indent=2) if args.json else report["table"])
         return 0
+    if args.what == "chat":
+        from workers.chat.bench import run_chat_bench
+
+        configure_logging("WARNING")
+        if not args.model:
+            print("bench chat needs --model (a model, or a config folder with --random-weights)", file=sys.stderr)
+            return 2
+        report = run_chat_bench(args.model, device=args.device, requests=args.requests, max_tokens=args.max_tokens,
+                                random_weights=args.random_weights, dtype=args.dtype)
+        print(json.dumps(report, indent=2) if args.json else report["table"])
+        return 0
     if args.what != "fleet":
-        print(f"bench {args.what!r} arrives with its engine; available: fleet, sdxl", file=sys.stderr)
+        print(f"bench {args.what!r} arrives with its engine; available: fleet, sdxl, chat", file=sys.stderr)
         return 2
     from workers.bench_fleet import run_fleet_bench
 
@@ -309,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch", type=int, default=6, help="sdxl: images per call when batching")
     bench.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
     bench.add_argument("--compile", action="store_true", help="sdxl: torch.compile the UNet")
+    bench.add_argument("--requests", type=int, default=16, help="chat: concurrent requests")
+    bench.add_argument("--max-tokens", type=int, default=64, help="chat: tokens per answer")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=cmd_bench)
     return parser

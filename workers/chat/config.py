@@ -33,6 +33,9 @@ class ChatSettings(BaseSettings):
     max_tokens_limit: int = Field(default=4096, ge=1, validation_alias="CHAT_MAX_TOKENS_LIMIT")
     request_timeout_seconds: float = Field(default=120.0, gt=0, validation_alias="CHAT_REQUEST_TIMEOUT_SECONDS")
     enhance_system_prompt: str = Field(default=DEFAULT_ENHANCE_SYSTEM_PROMPT, validation_alias="CHAT_ENHANCE_SYSTEM_PROMPT")
+    backend: Literal["transformers", "vllm"] = Field(default="transformers", validation_alias="CHAT_BACKEND")
+    vllm_gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1,
+                                               validation_alias="CHAT_VLLM_GPU_MEMORY_UTILIZATION")
     consume_queue: bool = Field(default=True, validation_alias="CHAT_CONSUME_QUEUE")
 
     def api_keys(self) -> list[str]:

@@ -126,6 +126,14 @@ class ChatService:
             raise RuntimeError("--device cuda but no CUDA GPU is visible")
         dtype = DTYPES.get(self.settings.dtype) or (torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if self.settings.backend == "vllm":
+            from workers.chat.vllm_backend import VLLMGenerator
+
+            generator = VLLMGenerator(path, tokenizer, str(dtype).removeprefix("torch."),
+                                      self.settings.max_context_tokens, self.settings.vllm_gpu_memory_utilization)
+            batcher = Batcher(generator, self.settings.max_batch, self.settings.batch_wait_ms)
+            log.info("model_loaded", model=name, backend="vllm")
+            return LoadedModel(name, tokenizer, generator, batcher)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(self.device).eval()
         generator = TextGenerator(model, tokenizer, self.device, self.settings.max_context_tokens)
         batcher = Batcher(generator, self.settings.max_batch, self.settings.batch_wait_ms)
