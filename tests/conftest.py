@@ -61,3 +61,11 @@ def make_settings(tmp_path, backend):
         return Settings(**values)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_chat(tmp_path_factory):
+    """A tiny random-weight Qwen2 chat model folder (built once per test run)."""
+    from workers.chat.tiny import make_tiny_chat
+
+    return make_tiny_chat(tmp_path_factory.mktemp("tiny-chat"))

@@ -18,15 +18,9 @@ from workers.chat.config import ChatSettings
 from workers.chat.conversation import BadRequest, fit_to_context, messages_from_request
 from workers.chat.generator import Request, TextGenerator
 from workers.chat.service import ChatService
-from workers.chat.tiny import make_tiny_chat
 from workers.chat.worker import ChatQueueConsumer, run_chat_worker
 
 CHAT_KEY, WAN_KEY = "chat-key-0123456789", "wan-key-9876543210"
-
-
-@pytest.fixture(scope="session")
-def tiny_chat(tmp_path_factory):
-    return make_tiny_chat(tmp_path_factory.mktemp("tiny-chat"))
 
 
 def start_api(tiny_chat, **settings):

@@ -110,7 +110,9 @@ def test_submit_wait_prints_the_result(cli_env, redis_client, capsys):
     assert result["status"] == "completed" and result["assets"][0].endswith("/0.png")
 
 
-def test_unbuilt_engines_say_so(cli_env, capsys):
+def test_engines_without_a_model_and_unknown_tiny_models_say_so(cli_env, capsys):
     assert main(["run", "wan"]) == 2
-    assert "not part of this build yet" in capsys.readouterr().err
+    assert "run wan needs --model" in capsys.readouterr().err
+    assert main(["run", "sdxl"]) == 2
+    assert main(["make-tiny-model", "nothing", "/tmp/x"]) == 2
     assert main(["make-tiny-model", "sim", "/tmp/x"]) == 2  # the sim engine needs no model

@@ -30,7 +30,7 @@ from shared.settings import Settings  # noqa: E402
 # engines register here as they are built.
 ENGINE_FACTORIES: dict[str, Callable[[argparse.Namespace, Settings], object]] = {}
 TINY_MODEL_BUILDERS: dict[str, Callable[[str], object]] = {}
-PLANNED_ENGINES = ("wan",)
+PLANNED_ENGINES: tuple[str, ...] = ()
 
 
 def _sim_engine(args, _settings):
@@ -45,8 +45,32 @@ def _sdxl_engine(args, settings):
     from workers.sdxl.engine import SDXLEngine
 
     if not args.model:
-        raise SystemExit("run sdxl needs --model: a diffusers folder or a .safetensors checkpoint")
+        raise ValueError("run sdxl needs --model: a diffusers folder or a .safetensors checkpoint")
     return SDXLEngine(args.model, fetcher=ReferenceFetcher(settings, make_storage(settings)))
+
+
+def _wan_engine(args, settings):
+    from shared.fetch import ReferenceFetcher
+    from shared.queue import connect
+    from shared.storage import make_storage
+    from workers.wan.engine import WANEngine
+
+    if not args.model:
+        raise ValueError("run wan needs --model: a diffusers Wan 2.1 folder (T2V or VACE)")
+    return WANEngine(args.model, fetcher=ReferenceFetcher(settings, make_storage(settings)),
+                     redis_client=connect(settings.effective_redis_url), era=settings.contract)
+
+
+def _tiny_wan(directory: str):
+    from workers.wan.tiny import make_tiny_wan
+
+    return make_tiny_wan(directory, vace=False)
+
+
+def _tiny_wan_vace(directory: str):
+    from workers.wan.tiny import make_tiny_wan
+
+    return make_tiny_wan(directory, vace=True)
 
 
 def _tiny_sdxl(directory: str):
@@ -64,6 +88,9 @@ def _tiny_chat(directory: str):
 ENGINE_FACTORIES["sim"] = _sim_engine
 TINY_MODEL_BUILDERS["chat"] = _tiny_chat
 ENGINE_FACTORIES["sdxl"] = _sdxl_engine
+ENGINE_FACTORIES["wan"] = _wan_engine
+TINY_MODEL_BUILDERS["wan"] = _tiny_wan
+TINY_MODEL_BUILDERS["wan-vace"] = _tiny_wan_vace
 TINY_MODEL_BUILDERS["sdxl"] = _tiny_sdxl
 
 
@@ -101,7 +128,11 @@ def cmd_run(args) -> int:
     settings = _settings(args)
     from shared.runtime import Worker
 
-    engine = ENGINE_FACTORIES[args.engine](args, settings)
+    try:
+        engine = ENGINE_FACTORIES[args.engine](args, settings)
+    except ValueError as exc:  # a usage mistake, said in one line
+        print(exc, file=sys.stderr)
+        return 2
     queues = tuple(q.strip() for q in args.queues.split(",") if q.strip()) if args.queues else None
     worker = Worker(engine, settings, device=args.device, max_jobs=args.max_jobs, queues=queues,
                     health_port=args.health_port)

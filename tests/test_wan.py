@@ -1,0 +1,191 @@
+"""The WAN engine on tiny random-weight Wan 2.1 models (text-to-video and VACE)."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared.contract import JobError, load_presets, parse_job
+from shared.fetch import ReferenceFetcher
+from shared.media import probe_mp4
+from shared.payloads import build_payload, push
+from shared.settings import DEFAULT_PRESETS, Settings
+from tests.helpers import running_worker
+from workers.chat.config import ChatSettings
+from workers.chat.service import ChatService
+from workers.chat.worker import ChatQueueConsumer
+from workers.wan.config import WANSettings
+from workers.wan.engine import WANEngine, valid_frame_count, valid_side
+from workers.wan.tiny import make_tiny_wan
+
+PRESETS = load_presets(str(DEFAULT_PRESETS))
+
+
+class Ctx:
+    def __init__(self, cancel=False):
+        self.cancel, self.steps = cancel, []
+
+    def check(self, job):
+        if self.cancel:
+            raise JobError("cancelled", "cancelled by request")
+
+    def progress(self, job, step, total):
+        self.steps.append((step, total))
+
+
+@pytest.fixture(scope="session")
+def tiny_wan(tmp_path_factory):
+    return make_tiny_wan(tmp_path_factory.mktemp("tiny-wan"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vace(tmp_path_factory):
+    return make_tiny_wan(tmp_path_factory.mktemp("tiny-wan-vace"), vace=True)
+
+
+def engine_for(model, backend=None, redis_client=None, **config):
+    fetcher = ReferenceFetcher(Settings(supabase_url=backend.url, reference_allow_private=True)) if backend else None
+    engine = WANEngine(str(model), WANSettings(warmup=False, **config), fetcher=fetcher, redis_client=redis_client)
+    engine.setup("cpu")
+    return engine
+
+
+def wan_job(job_type="video_fast", era="v1", metadata=None, **kwargs):
+    kwargs.setdefault("width", 64)
+    kwargs.setdefault("height", 64)
+    kwargs.setdefault("steps", 2)
+    payload = build_payload(era, job_type, kwargs.pop("prompt", "waves on a beach"), **kwargs)
+    payload["metadata"].update(metadata or {})
+    return parse_job(payload, PRESETS)
+
+
+def png(color):
+    buffer = io.BytesIO()
+    Image.new("RGB", (80, 80), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("requested, valid", [(83, 81), (81, 81), (82, 81), (5, 5), (4, 1), (2, 1), (1, 1), (161, 161)])
+def test_frame_counts_become_4k_plus_1(requested, valid):
+    assert valid_frame_count(requested) == valid
+
+
+@pytest.mark.parametrize("requested, valid", [(480, 480), (832, 832), (500, 496), (64, 64), (100, 96)])
+def test_sides_become_multiples_of_16(requested, valid):
+    assert valid_side(requested) == valid
+
+
+def test_video_job_reports_the_frames_it_made_and_same_seed_same_video(tiny_wan):
+    engine = engine_for(tiny_wan)
+    job = engine.prepare(wan_job(frames=11, width=72, height=64, seed=3))
+    assert (job.frames, job.width, job.height) == (9, 64, 64)
+    ctx = Ctx()
+    first = engine.run([job], ctx)[0]
+    again = engine.run([engine.prepare(wan_job(frames=11, width=72, height=64, seed=3))], Ctx())[0]
+    video = first.items[0]
+    assert video.frames.shape == (9, 64, 64, 3) and video.fps == 16 and video.seed == 3
+    assert np.array_equal(video.frames, again.items[0].frames)
+    assert first.metadata["frame_num"] == 9 and first.metadata["duration"] == pytest.approx(9 / 16, abs=1e-3)
+    assert first.metadata["requested_frames"] == 11 and ctx.steps[-1] == (2, 2)
+
+
+def test_cancellation_between_steps(tiny_wan):
+    engine = engine_for(tiny_wan)
+    result = engine.run([engine.prepare(wan_job())], Ctx(cancel=True))[0]
+    assert isinstance(result, JobError) and result.error_type == "cancelled"
+
+
+def test_t2v_model_refuses_references_by_default_or_generates_without_them(tiny_wan, backend):
+    backend.files["/refs/start.png"] = (200, png((250, 0, 0)), {})
+    job = wan_job(metadata={"start_reference_url": f"{backend.url}/refs/start.png"})
+    assert job.references.video_reference_mode == "start"
+    with pytest.raises(JobError) as err:
+        engine_for(tiny_wan, backend).prepare(job)
+    assert err.value.error_type == "REFERENCE_UNSUPPORTED" and "VACE" in err.value.message
+    lenient = engine_for(tiny_wan, backend, reference_policy="t2v")
+    result = lenient.run([lenient.prepare(job)], Ctx())[0]
+    assert result.metadata["reference_mode_applied"] == "none" and result.metadata["reference_mode_requested"] == "start"
+
+
+@pytest.mark.parametrize("mode, metadata", [
+    ("start", {"start_reference_url": "START"}),
+    ("end", {"end_reference_url": "END"}),
+    ("both", {"start_reference_url": "START", "end_reference_url": "END"}),
+    ("single", {"reference_image_url": "START"}),
+])
+def test_vace_model_honours_every_reference_mode(tiny_vace, backend, mode, metadata):
+    backend.files["/refs/start.png"] = (200, png((250, 0, 0)), {})
+    backend.files["/refs/end.png"] = (200, png((0, 0, 250)), {})
+    urls = {"START": f"{backend.url}/refs/start.png", "END": f"{backend.url}/refs/end.png"}
+    engine = engine_for(tiny_vace, backend)
+    job = engine.prepare(wan_job(frames=9, metadata={k: urls[v] for k, v in metadata.items()}))
+    result = engine.run([job], Ctx())[0]
+    assert result.metadata["reference_mode_applied"] == mode
+    assert result.items[0].frames.shape == (9, 64, 64, 3)
+
+
+def test_image_jobs_are_one_frame_pngs_end_to_end(tiny_wan, make_settings, redis_client, backend):
+    image = build_payload("v2", "video_fast", "a cat", width=64, height=64, steps=2, frames=11, seed=4)
+    still = build_payload("v1", "image_fast", "a cat", width=64, height=64, steps=2, seed=4)
+    push(redis_client, "v2", image)
+    with running_worker(make_settings(contract="v2"), engine=engine_for(tiny_wan)):
+        video_cb = backend.wait_for_terminal(1, timeout=60)[0]
+    asset = video_cb["assets"][0]
+    assert video_cb["status"] == "completed" and asset["type"] == "video" and asset["url"].endswith("/0.mp4")
+    info = probe_mp4(backend.objects[("workspace-temp", asset["url"])][0])
+    assert info["frames"] == 9 and info["fps"] == 16 and asset["metadata"]["frame_num"] == 9
+    assert video_cb["metadata"]["frame_num"] == 9
+    push(redis_client, "v1", still)
+    with running_worker(make_settings(contract="v1"), engine=engine_for(tiny_wan)):
+        still_cb = backend.wait_for_terminal(2, timeout=60)[-1]
+    assert still_cb["status"] == "completed" and still_cb["assets"][0].endswith("/0.png")
+    data, ctype = backend.objects[("image_fast", still_cb["assets"][0])]
+    assert ctype == "image/png" and Image.open(io.BytesIO(data)).size == (64, 64)
+
+
+def test_enhanced_jobs_use_the_chat_worker_and_report_both_prompts(tiny_wan, tiny_chat, make_settings, redis_client):
+    settings = make_settings()
+    chat = ChatSettings(max_batch=2)
+    service = ChatService(chat, str(tiny_chat), "cpu")
+    service.load()
+    consumer = ChatQueueConsumer(service, settings, chat, redis_client).start()
+    try:
+        engine = engine_for(tiny_wan, redis_client=redis_client)
+        job = engine.prepare(wan_job("video7b_fast_enhanced", prompt="a dog", frames=5))
+        result = engine.run([job], Ctx())[0]
+    finally:
+        consumer.stop()
+        service.close()
+    assert result.metadata["enhancement_strategy"] == "qwen_chat_queue"
+    assert result.metadata["original_prompt"] == "a dog" and result.metadata["final_prompt"] == job.prompt
+    assert job.prompt and job.prompt != "a dog"
+
+
+def test_enhancement_timeout_falls_back_to_the_original_prompt(tiny_wan, redis_client):
+    engine = engine_for(tiny_wan, redis_client=redis_client, enhance_timeout_seconds=1)
+    job = engine.prepare(wan_job("image7b_fast_enhanced", prompt="a fox"))
+    result = engine.run([job], Ctx())[0]
+    assert job.prompt == "a fox"
+    assert result.metadata["final_prompt"] == "a fox" and result.metadata["enhancement_strategy"].startswith("none")
+
+
+def test_out_of_memory_retries_with_vae_tiling_then_fails_clearly(tiny_wan):
+    import torch
+
+    engine = engine_for(tiny_wan)
+    calls = []
+    real = engine._generate
+
+    def flaky(*args, **kwargs):
+        calls.append(engine.pipe.vae.use_tiling)
+        if len(calls) == 1 or engine.fail_always:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(*args, **kwargs)
+
+    engine._generate, engine.fail_always = flaky, False
+    result = engine.run([engine.prepare(wan_job())], Ctx())[0]
+    assert calls == [False, True] and result.items
+    engine.fail_always = True
+    failed = engine.run([engine.prepare(wan_job())], Ctx())[0]
+    assert isinstance(failed, JobError) and failed.error_type == "out_of_memory"
