@@ -189,3 +189,28 @@ def test_out_of_memory_retries_with_vae_tiling_then_fails_clearly(tiny_wan):
     engine.fail_always = True
     failed = engine.run([engine.prepare(wan_job())], Ctx())[0]
     assert isinstance(failed, JobError) and failed.error_type == "out_of_memory"
+
+
+def test_text_encoder_on_cpu_gives_the_same_video(tiny_wan):
+    on_device = engine_for(tiny_wan)
+    on_cpu = engine_for(tiny_wan, text_encoder_device="cpu")
+    job = wan_job(frames=5, seed=8)
+    a = on_device.run([on_device.prepare(job)], Ctx())[0].items[0].frames
+    b = on_cpu.run([on_cpu.prepare(job)], Ctx())[0].items[0].frames
+    assert np.allclose(a.astype(int), b.astype(int), atol=2)
+
+
+def test_first_block_cache_runs_for_fast_presets_only(tiny_wan):
+    engine = engine_for(tiny_wan, cache="first_block")
+    fast = engine.run([engine.prepare(wan_job("video_fast", frames=5))], Ctx())[0]
+    assert engine._cache_enabled and fast.items
+    engine.run([engine.prepare(wan_job("video_high", frames=5))], Ctx())
+    assert not engine._cache_enabled
+
+
+def test_bench_wan_runs_every_mode(tiny_wan):
+    from workers.wan.bench import run_wan_bench
+
+    report = run_wan_bench(str(tiny_wan), device="cpu", width=64, height=64, frames=5, steps=2)
+    assert set(report["seconds_per_job"]) == {"diffusers_default", "worker", "worker_first_block_cache"}
+    assert report["speedup_vs_diffusers"]["diffusers_default"] == {"image": 1.0, "video": 1.0}

@@ -268,9 +268,18 @@ def cmd_bench(args) -> int:
                                 random_weights=args.random_weights, dtype=args.dtype)
         print(json.dumps(report, indent=2) if args.json else report["table"])
         return 0
-    if args.what != "fleet":
-        print(f"bench {args.what!r} arrives with its engine; available: fleet, sdxl, chat", file=sys.stderr)
-        return 2
+    if args.what == "wan":
+        from workers.wan.bench import run_wan_bench
+
+        configure_logging("WARNING")
+        if not args.model:
+            print("bench wan needs --model (a model, or a config folder with --random-weights)", file=sys.stderr)
+            return 2
+        width, height = (int(v) for v in args.wan_size.lower().split("x"))
+        report = run_wan_bench(args.model, device=args.device, width=width, height=height, frames=args.frames,
+                               steps=args.steps, random_weights=args.random_weights, cache=not args.no_cache)
+        print(json.dumps(report, indent=2) if args.json else report["table"])
+        return 0
     from workers.bench_fleet import run_fleet_bench
 
     configure_logging("WARNING")
@@ -353,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--compile", action="store_true", help="sdxl: torch.compile the UNet")
     bench.add_argument("--requests", type=int, default=16, help="chat: concurrent requests")
     bench.add_argument("--max-tokens", type=int, default=64, help="chat: tokens per answer")
+    bench.add_argument("--wan-size", default="480x832", help="wan: WIDTHxHEIGHT")
+    bench.add_argument("--frames", type=int, default=81, help="wan: video frames")
+    bench.add_argument("--no-cache", action="store_true", help="wan: skip the first-block-cache run")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=cmd_bench)
     return parser

@@ -204,8 +204,9 @@ class WANEngine(Engine):
                       guidance_scale=guidance, output_type="np",
                       generator=torch.Generator("cpu").manual_seed(seed))
         if self.config.text_encoder_device == "cpu":
+            # 512 tokens, as the pipeline's own call uses (encode_prompt alone defaults to 226).
             embeds, negative_embeds = pipe.encode_prompt(prompt, negative, do_classifier_free_guidance=guidance > 1,
-                                                         device=torch.device("cpu"))
+                                                         max_sequence_length=512, device=torch.device("cpu"))
             dtype = pipe.transformer.dtype
             kwargs["prompt_embeds"] = embeds.to(self.device, dtype)
             if negative_embeds is not None:

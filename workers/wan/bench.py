@@ -1,0 +1,127 @@
+"""`ourvidz-worker bench wan`: seconds per job, image and video presets, worker vs plain diffusers.
+
+Both run in one process on the same model: plain `WanPipeline` calls with diffusers' defaults (the
+baseline), then this worker's engine, with step caching off and (optionally) on. `--random-weights`
+builds the architecture from a config folder (the full-size 1.3B model with nothing to download).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shared.contract import load_presets, parse_job
+from shared.payloads import build_payload
+from shared.settings import DEFAULT_PRESETS
+
+
+class _NoStops:
+    def check(self, job) -> None:
+        pass
+
+    def progress(self, job, step, total) -> None:
+        pass
+
+
+def random_weights_folder(config_dir: str, into: Path) -> Path:
+    """Save a random-weight pipeline built from `config_dir` (tiny tokenizer: 512 tokens fix the compute)."""
+    import diffusers
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from workers.wan.tiny import build_t5_tokenizer
+
+    root = Path(config_dir)
+    pipe = diffusers.WanPipeline(
+        tokenizer=build_t5_tokenizer(),
+        text_encoder=UMT5EncoderModel(UMT5Config.from_pretrained(root / "text_encoder")),
+        transformer=diffusers.WanTransformer3DModel.from_config(
+            diffusers.WanTransformer3DModel.load_config(root / "transformer")),
+        vae=diffusers.AutoencoderKLWan.from_config(diffusers.AutoencoderKLWan.load_config(root / "vae")),
+        scheduler=diffusers.UniPCMultistepScheduler.from_config(
+            {k: v for k, v in diffusers.UniPCMultistepScheduler.load_config(root / "scheduler").items()
+             if not k.startswith("_note")}),
+    )
+    pipe.save_pretrained(into)
+    return into
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _time_baseline(folder, jobs, device, dtype, width, height, steps) -> dict[str, float]:
+    """Plain WanPipeline calls with diffusers' defaults; seconds per job (one warm-up call first)."""
+    import diffusers
+
+    from workers.wan.engine import valid_frame_count
+
+    pipe = diffusers.WanPipeline.from_pretrained(folder, dtype=dtype, local_files_only=True).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    seconds = {}
+    for name, job in jobs.items():
+        frames = 1 if name == "image" else valid_frame_count(job.frames)
+
+        def call(job=job, frames=frames):
+            pipe(prompt=job.prompt, negative_prompt=job.negative_prompt, width=width, height=height,
+                 num_frames=frames, num_inference_steps=steps, guidance_scale=job.guidance_scale,
+                 generator=torch.Generator("cpu").manual_seed(1))
+
+        call()  # warm-up
+        _sync(device)
+        started = time.perf_counter()
+        call()
+        _sync(device)
+        seconds[name] = time.perf_counter() - started
+    return seconds
+
+
+def run_wan_bench(model: str, device: str = "cuda", width: int = 480, height: int = 832, frames: int = 81,
+                  steps: int = 25, random_weights: bool = False, cache: bool = True) -> dict[str, Any]:
+    from workers.wan.config import WANSettings
+    from workers.wan.engine import WANEngine
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = str(random_weights_folder(model, Path(tmp))) if random_weights else model
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        presets = load_presets(str(DEFAULT_PRESETS))
+        cases = {"image": ("image_fast", 1), "video": ("video_fast", frames)}
+        jobs = {name: parse_job(build_payload("v1", t, "waves rolling onto a beach at dusk", seed=1, width=width,
+                                              height=height, steps=steps, frames=n), presets)
+                for name, (t, n) in cases.items()}
+
+        baseline = _time_baseline(folder, jobs, device, dtype, width, height, steps)
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+        modes = {"worker": "none", **({"worker_first_block_cache": "first_block"} if cache else {})}
+        measured: dict[str, dict[str, float]] = {}
+        for label, cache_mode in modes.items():
+            engine = WANEngine(folder, WANSettings(cache=cache_mode, warmup=False))
+            engine.setup(device)
+            measured[label] = {}
+            for name, job in jobs.items():
+                engine.run([engine.prepare(job)], _NoStops())  # warm-up
+                _sync(device)
+                started = time.perf_counter()
+                engine.run([engine.prepare(job)], _NoStops())
+                _sync(device)
+                measured[label][name] = time.perf_counter() - started
+            del engine
+        name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "CPU"
+        rows = {"diffusers_default": baseline, **measured}
+        report = {"device": name, "size": f"{width}x{height}", "frames": frames, "steps": steps,
+                  "seconds_per_job": {k: {c: round(v, 3) for c, v in r.items()} for k, r in rows.items()},
+                  "speedup_vs_diffusers": {k: {c: round(baseline[c] / v, 3) for c, v in r.items()}
+                                           for k, r in rows.items()}}
+        lines = [f"WAN {width}x{height}, {steps} steps, video {frames} frames, {str(dtype).removeprefix('torch.')} on {name}",
+                 f"{'mode':<28} {'image s':>8} {'video s':>8} {'video vs diffusers':>19}"]
+        for label, r in rows.items():
+            lines.append(f"{label:<28} {r['image']:>8.2f} {r['video']:>8.2f} "
+                         f"{report['speedup_vs_diffusers'][label]['video']:>18.2f}x")
+        report["table"] = "\n".join(lines)
+        return report
