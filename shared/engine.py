@@ -55,6 +55,7 @@ class Engine:
     queues: tuple[str, ...] = ()
     job_types: tuple[str, ...] | None = None  # None: every type routed to its queues
     max_batch_images: int = 1  # images (or videos) per run() call
+    announce_function: str | None = None  # backend function told this worker's RunPod URL, if any
 
     def setup(self, device: str) -> None:
         """Load weights and warm up; the worker reports ready only after this returns."""

@@ -47,6 +47,7 @@ class LocalBackend:
         self.files: dict[str, tuple[int, bytes, dict[str, str]]] = {}  # path -> (status, body, headers) for GET
         self.callbacks: list[dict[str, Any]] = []
         self.upload_count = 0
+        self.requests: list[tuple[str, str]] = []  # (path, Range header) of file GETs
         self.function_calls: list[tuple[str, dict[str, Any], str | None]] = []  # (name, body, Authorization)
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -141,6 +142,13 @@ class LocalBackend:
                 path = self.path.split("?")[0]
                 if path in backend.files:
                     status, body, headers = backend.files[path]
+                    wanted = self.headers.get("Range", "")
+                    if status == 200 and wanted.startswith("bytes=") and wanted[6:-1].isdigit() and wanted.endswith("-"):
+                        start = int(wanted[6:-1])
+                        status, body = 206, body[start:]
+                        headers = {**headers, "Content-Range": f"bytes {start}-{start + len(body) - 1}/*"}
+                    with backend.lock:
+                        backend.requests.append((path, wanted))
                     self.send_response(status)
                     for name, value in {"Content-Length": str(len(body)), **headers}.items():
                         self.send_header(name, value)

@@ -28,9 +28,11 @@ from typing import Any
 import redis
 
 from shared import keys
+from shared.announce import announce_in_background
 from shared.callback import CANCELLED, COMPLETED, FAILED, PROCESSING, Asset, build_callback
 from shared.contract import BadPayload, Job, JobError, load_presets, parse_job
 from shared.engine import Engine, JobResult
+from shared.gpu import apply_memory_budget
 from shared.http import HealthServer, json_response
 from shared.logging import get_logger
 from shared.metrics import WorkerMetrics
@@ -156,6 +158,7 @@ class Worker:
             self._close()
             return 0
         try:
+            apply_memory_budget(self.settings.gpu_memory_gb, self.device)
             self.engine.setup(self.device)
         except Exception:
             self.state = "failed"
@@ -170,6 +173,8 @@ class Worker:
         keeper.start()
         claimer.start()
         self.state = "ready"
+        if self.http is not None and self.engine.announce_function:
+            announce_in_background(self.settings, self.engine.announce_function, self.http.port)
         self.log.info("worker_ready", era=self.era, **{**self.engine.describe(), "queues": list(self.queue.queues)})
         try:
             self._gpu_loop()

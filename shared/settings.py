@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     reference_max_bytes: int = Field(default=20 * 1024 * 1024, gt=0, validation_alias="REFERENCE_MAX_BYTES")
     reference_max_pixels: int = Field(default=40_000_000, gt=0, validation_alias="REFERENCE_MAX_PIXELS")
     reference_timeout_seconds: float = Field(default=20.0, gt=0, validation_alias="REFERENCE_TIMEOUT_SECONDS")
+    gpu_memory_gb: float | None = Field(default=None, gt=0, validation_alias="GPU_MEMORY_GB")
     worker_id: str = Field(default_factory=default_worker_id, validation_alias="WORKER_ID")
     health_port: int | None = Field(default=None, validation_alias="HEALTH_PORT")
     log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")

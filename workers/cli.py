@@ -17,6 +17,7 @@ signal.signal(signal.SIGTERM, _note_early_stop)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -230,7 +231,7 @@ def cmd_doctor(args) -> int:
     from workers.doctor import run_checks
 
     settings = _settings(args)
-    return run_checks(settings, model=args.model)
+    return run_checks(settings, model=args.model, pod=args.pod)
 
 
 def cmd_make_tiny_model(args) -> int:
@@ -241,6 +242,22 @@ def cmd_make_tiny_model(args) -> int:
         return 2
     builder(args.dir)
     print(json.dumps({"engine": args.engine, "dir": args.dir}))
+    return 0
+
+
+def cmd_fetch_models(args) -> int:
+    from workers.fetch_models import MODELS, FetchError, fetch_models
+
+    only = [m.strip() for m in args.only.split(",") if m.strip()]
+    unknown = [m for m in only if m not in MODELS]
+    if unknown:
+        print(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}", file=sys.stderr)
+        return 2
+    try:
+        print(json.dumps(fetch_models(args.dest, only, args.sdxl, args.sdxl_sha256), indent=2))
+    except FetchError as exc:
+        print(f"fetch-models: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -300,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a worker until stopped")
     run.add_argument("engine", choices=sorted({*ENGINE_FACTORIES, *PLANNED_ENGINES, "chat"}))
-    run.add_argument("--model", help="model directory or checkpoint (real engines)")
+    run.add_argument("--model", default=os.environ.get("MODEL_PATH"),
+                     help="model directory or checkpoint (default: MODEL_PATH)")
     run.add_argument("--device", default="cuda", help="torch device (default cuda)")
     run.add_argument("--worker-id", help="unique id of this worker (default host-pid)")
     run.add_argument("--health-port", type=int,
@@ -339,12 +357,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="check Redis, storage, callbacks, GPU and model paths")
     doctor.add_argument("--model", action="append", default=[], help="a model path to check (repeatable)")
+    doctor.add_argument("--pod", help="a pod file (configs/pod.toml): check the workers' GPU budgets fit the card")
     doctor.set_defaults(func=cmd_doctor)
 
     tiny = sub.add_parser("make-tiny-model", help="write a tiny random-weight model for tests")
     tiny.add_argument("engine")
     tiny.add_argument("dir")
     tiny.set_defaults(func=cmd_make_tiny_model)
+
+    fetch = sub.add_parser("fetch-models", help="download the production models to the models volume")
+    fetch.add_argument("--dest", default=os.environ.get("MODELS_DIR", "/models"))
+    fetch.add_argument("--only", default="sdxl,wan,chat", help="comma-separated: sdxl, wan, chat")
+    fetch.add_argument("--sdxl", help="SDXL checkpoint URL (.safetensors) or hub id (default: SDXL base 1.0)")
+    fetch.add_argument("--sdxl-sha256", help="expected sha256 of the checkpoint at --sdxl")
+    fetch.set_defaults(func=cmd_fetch_models)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("what", choices=["fleet", "sdxl", "wan", "chat"])

@@ -55,7 +55,33 @@ def _check_gpu(_settings: Settings) -> str:
     return f"{torch.cuda.get_device_name(0)}, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free"
 
 
-def run_checks(settings: Settings, model: list[str] | None = None) -> int:
+def check_pod_budgets(pod_file: str, card_gb: float | None = None) -> str:
+    """Do the workers' GPU budgets (plus per-process overhead) fit the card?"""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+
+    pod = tomllib.loads(Path(pod_file).read_text())
+    budgets = {name: float(w["memory_gb"]) for name, w in pod["workers"].items()}
+    overhead = float(pod.get("per_process_overhead_gb", 0.5)) * len(budgets)
+    if card_gb is None:
+        card_gb = float(pod["gpu_memory_gb"])
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                card_gb = torch.cuda.get_device_properties(0).total_memory / 2**30
+        except ImportError:
+            pass
+    needed = sum(budgets.values()) + overhead
+    listing = ", ".join(f"{n} {gb:g}" for n, gb in budgets.items())
+    if needed > card_gb:
+        raise RuntimeError(f"budgets {listing} GB + {overhead:g} GB overhead = {needed:g} GB exceed the {card_gb:.0f} GB card")
+    return f"budgets {listing} GB + {overhead:g} GB overhead = {needed:g} of {card_gb:.0f} GB"
+
+
+def run_checks(settings: Settings, model: list[str] | None = None, pod: str | None = None) -> int:
     checks: list[tuple[str, Callable[[], str]]] = [
         ("redis", lambda: _check_redis(settings)),
         ("presets", lambda: _check_presets(settings)),
@@ -65,6 +91,8 @@ def run_checks(settings: Settings, model: list[str] | None = None) -> int:
     ]
     for path in model or []:
         checks.append((f"model {path}", lambda p=path: _check_model(p)))
+    if pod:
+        checks.append(("gpu budgets", lambda: check_pod_budgets(pod)))
     failures = 0
     for name, check in checks:
         try:

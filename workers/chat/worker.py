@@ -132,6 +132,9 @@ def run_chat_worker(model: str, device: str, settings: Settings, chat: ChatSetti
     if install_signal_handlers and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
+    from shared.gpu import apply_memory_budget
+
+    apply_memory_budget(settings.gpu_memory_gb, device)
     service = ChatService(chat, model, device)
     api = ChatAPI(service, chat, settings.worker_id, port=port if port is not None else chat.port).start()
     log.info("chat_api_listening", port=api.port)

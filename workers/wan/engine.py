@@ -58,6 +58,7 @@ class WANEngine(Engine):
     queues = (keys.WAN_QUEUE,)
     job_types = JOB_TYPES
     max_batch_images = 1  # one video per call: a 480x832x81 clip fills the GPU on its own
+    announce_function = "update-worker-url"  # the backend calls the video worker directly too
 
     def __init__(self, model: str, config: WANSettings | None = None, fetcher: ReferenceFetcher | None = None,
                  redis_client=None, era: str = "v1"):

@@ -1,0 +1,25 @@
+"""GPU memory budgets, so several workers can share one card (the production pod runs SDXL, WAN
+and chat on one 48 GB GPU): each process is capped at GPU_MEMORY_GB and fails its own job with
+out-of-memory instead of starving its neighbours."""
+
+from __future__ import annotations
+
+from shared.logging import get_logger
+
+log = get_logger(component="gpu")
+
+
+def apply_memory_budget(gigabytes: float | None, device: str) -> float | None:
+    """Cap this process's CUDA allocator; returns the fraction applied, or None when there is nothing to cap."""
+    if not gigabytes or not device.startswith("cuda"):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    index = torch.device(device).index or 0
+    total = torch.cuda.get_device_properties(index).total_memory
+    fraction = min(1.0, gigabytes * 2**30 / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, index)
+    log.info("gpu_memory_budget", gigabytes=gigabytes, fraction=round(fraction, 3))
+    return fraction
