@@ -15,6 +15,19 @@ def json_response(status: int, body: dict[str, Any]) -> tuple[int, str, bytes]:
     return status, "application/json", json.dumps(body).encode()
 
 
+def write_response(handler: BaseHTTPRequestHandler, status: int, content_type: str, body: bytes) -> None:
+    """One complete response on a stdlib handler (Content-Length set, so keep-alive works)."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def send_json(handler: BaseHTTPRequestHandler, status: int, body: Any) -> None:
+    write_response(handler, *json_response(status, body))
+
+
 class HealthServer:
     """Serves GET routes on a background thread. Port 0 picks a free port (see `.port`)."""
 
@@ -32,11 +45,7 @@ class HealthServer:
                         status, ctype, body = route()
                     except Exception as exc:  # a broken probe must not kill the server
                         status, ctype, body = json_response(500, {"error": type(exc).__name__})
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                write_response(self, status, ctype, body)
 
             def log_message(self, *args):  # access logs would drown the job logs
                 pass

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from shared.callback import verify
+from shared.http import send_json
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -82,13 +83,8 @@ class LocalBackend:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def _reply(self, status: int, body: dict[str, Any]):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+            def _reply(self, status: int, body: Any):
+                send_json(self, status, body)
 
             def _faulted(self, faults: Faults) -> bool:
                 if faults.latency:

@@ -128,3 +128,9 @@ def _table(r: dict[str, Any]) -> str:
         lines.append(f"{mode:<10} {m['wall_seconds']:>8.2f} {m['gpu_busy_fraction']:>9.3f} {m['jobs_completed']:>10}")
     lines.append(f"pipelined is {r['speedup_vs_serial']:.2f}x faster than serial")
     return "\n".join(lines)
+
+
+def run_from_args(args) -> dict[str, Any]:
+    return run_fleet_bench(jobs=args.jobs, gpu_seconds=args.gpu_seconds, upload_latency=args.upload_latency,
+                           callback_latency=args.callback_latency, redis_url=Settings().effective_redis_url,
+                           size=args.size)

@@ -261,49 +261,18 @@ def cmd_fetch_models(args) -> int:
     return 0
 
 
+BENCHMARKS = {"fleet": "workers.bench_fleet", "sdxl": "workers.sdxl.bench", "wan": "workers.wan.bench",
+              "chat": "workers.chat.bench"}
+
+
 def cmd_bench(args) -> int:
-    if args.what == "sdxl":
-        from workers.sdxl.bench import run_sdxl_bench
-
-        configure_logging("WARNING")
-        if not args.model:
-            print("bench sdxl needs --model (a model, or a config folder with --random-weights)", file=sys.stderr)
-            return 2
-        report = run_sdxl_bench(args.model, device=args.device, jobs=args.jobs, steps=args.steps, size=args.size,
-                                batch=args.batch, random_weights=args.random_weights, dtype=args.dtype,
-                                compile=args.compile)
-        print(json.dumps(report, indent=2) if args.json else report["table"])
-        return 0
-    if args.what == "chat":
-        from workers.chat.bench import run_chat_bench
-
-        configure_logging("WARNING")
-        if not args.model:
-            print("bench chat needs --model (a model, or a config folder with --random-weights)", file=sys.stderr)
-            return 2
-        report = run_chat_bench(args.model, device=args.device, requests=args.requests, max_tokens=args.max_tokens,
-                                random_weights=args.random_weights, dtype=args.dtype)
-        print(json.dumps(report, indent=2) if args.json else report["table"])
-        return 0
-    if args.what == "wan":
-        from workers.wan.bench import run_wan_bench
-
-        configure_logging("WARNING")
-        if not args.model:
-            print("bench wan needs --model (a model, or a config folder with --random-weights)", file=sys.stderr)
-            return 2
-        width, height = (int(v) for v in args.wan_size.lower().split("x"))
-        report = run_wan_bench(args.model, device=args.device, width=width, height=height, frames=args.frames,
-                               steps=args.steps, random_weights=args.random_weights, cache=not args.no_cache)
-        print(json.dumps(report, indent=2) if args.json else report["table"])
-        return 0
-    from workers.bench_fleet import run_fleet_bench
+    import importlib
 
     configure_logging("WARNING")
-    report = run_fleet_bench(
-        jobs=args.jobs, gpu_seconds=args.gpu_seconds, upload_latency=args.upload_latency,
-        callback_latency=args.callback_latency, redis_url=Settings().effective_redis_url, size=args.size,
-    )
+    if args.what != "fleet" and not args.model:
+        print(f"bench {args.what} needs --model (a model, or a config folder with --random-weights)", file=sys.stderr)
+        return 2
+    report = importlib.import_module(BENCHMARKS[args.what]).run_from_args(args)
     print(json.dumps(report, indent=2) if args.json else report["table"])
     return 0
 

@@ -13,6 +13,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from shared.http import send_json
 from shared.logging import get_logger
 from workers.chat.config import ChatSettings
 from workers.chat.conversation import BadRequest
@@ -35,12 +36,7 @@ class ChatAPI:
             protocol_version = "HTTP/1.1"
 
             def _send(self, status: int, body: dict[str, Any]):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, body)
 
             def do_GET(self):  # noqa: N802
                 path = self.path.split("?")[0]

@@ -82,3 +82,8 @@ def run_chat_bench(model: str, device: str = "cuda", requests: int = 16, max_tok
         f"batching gives {report['throughput_ratio']:.2f}x the throughput",
     ])
     return report
+
+
+def run_from_args(args) -> dict[str, Any]:
+    return run_chat_bench(args.model, device=args.device, requests=args.requests, max_tokens=args.max_tokens,
+                          random_weights=args.random_weights, dtype=args.dtype)

@@ -128,3 +128,8 @@ def run_sdxl_bench(model: str, device: str = "cuda", jobs: int = 6, steps: int =
         + [f"{k:<28} {v:>9.3f} {report['speedup_vs_diffusers'][k]:>12.2f}x" for k, v in report["seconds_per_image"].items()]
     )
     return report
+
+
+def run_from_args(args) -> dict[str, Any]:
+    return run_sdxl_bench(args.model, device=args.device, jobs=args.jobs, steps=args.steps, size=args.size,
+                          batch=args.batch, random_weights=args.random_weights, dtype=args.dtype, compile=args.compile)
