@@ -76,3 +76,13 @@ class Engine:
 
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "queues": list(self.queues), "max_batch_images": self.max_batch_images}
+
+
+class NoStops:
+    """A run context that never stops a job and drops progress (benchmarks, the serverless handler)."""
+
+    def check(self, job: Job) -> None:
+        pass
+
+    def progress(self, job: Job, step: int, total: int) -> None:
+        pass

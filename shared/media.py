@@ -28,6 +28,23 @@ def thumbnail_webp(image: Image.Image, side: int = THUMBNAIL_SIDE) -> bytes:
     return buffer.getvalue()
 
 
+def fit_image(image: Image.Image, width: int, height: int, policy: str) -> Image.Image:
+    """The reference at the job's size: `cover` crops the overflow, `contain` pads, `stretch` distorts."""
+    if image.size == (width, height):
+        return image
+    if policy == "stretch":
+        return image.resize((width, height), Image.Resampling.LANCZOS)
+    scale = (max if policy == "cover" else min)(width / image.width, height / image.height)
+    resized = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                           Image.Resampling.LANCZOS)
+    if policy == "cover":
+        left, top = (resized.width - width) // 2, (resized.height - height) // 2
+        return resized.crop((left, top, left + width, top + height))
+    canvas = Image.new("RGB", (width, height), (0, 0, 0))
+    canvas.paste(resized, ((width - resized.width) // 2, (height - resized.height) // 2))
+    return canvas
+
+
 def frames_to_uint8(frames: Sequence[Image.Image] | np.ndarray) -> np.ndarray:
     """(T, H, W, 3) uint8 from PIL frames or a float [0, 1] / uint8 array."""
     if isinstance(frames, np.ndarray):

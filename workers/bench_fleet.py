@@ -16,6 +16,7 @@ from typing import Any
 
 from shared.callback import COMPLETED, PROCESSING, build_callback
 from shared.contract import load_presets, parse_job
+from shared.engine import NoStops
 from shared.localbackend import LocalBackend
 from shared.outbox import CallbackSender
 from shared.payloads import build_payload, encode_element
@@ -27,14 +28,6 @@ from shared.storage import BucketPolicy, SupabaseStorage, Uploader
 from workers.sim import SimEngine
 
 BENCH_KEY = "bench-service-key"
-
-
-class _NoStops:
-    def check(self, job) -> None:
-        pass
-
-    def progress(self, job, step, total) -> None:
-        pass
 
 
 def _settings(backend: LocalBackend, redis_url: str, worker_id: str) -> Settings:
@@ -72,7 +65,7 @@ def _run_serial(settings: Settings, queue: str, jobs: int, gpu_seconds: float) -
         claimed = job_queue.claim(block_seconds=5)
         job = parse_job(claimed.raw, presets)
         sender.send_progress(build_callback("v1", job.id, PROCESSING))
-        result = engine.run([job], _NoStops())[0]
+        result = engine.run([job], NoStops())[0]
         assets = publish(result, "v1", uploader, policy)
         sender.deliver(build_callback("v1", job.id, COMPLETED, assets, metadata=job_metadata(job, result)))
         job_queue.finish(claimed)

@@ -14,20 +14,12 @@ from typing import Any
 
 from shared.callback import COMPLETED, FAILED, build_callback
 from shared.contract import BadPayload, JobError, load_presets, parse_job
-from shared.engine import Engine, JobResult
+from shared.engine import Engine, JobResult, NoStops
 from shared.outbox import CallbackSender
 from shared.publish import job_metadata, publish
 from shared.queue import connect
 from shared.settings import Settings
 from shared.storage import BucketPolicy, Uploader, make_storage
-
-
-class _NoStops:
-    def check(self, job) -> None:
-        pass
-
-    def progress(self, job, step, total) -> None:
-        pass
 
 
 class ServerlessRunner:
@@ -45,7 +37,7 @@ class ServerlessRunner:
         started = time.monotonic()
         try:
             job = self.engine.prepare(parse_job(payload, self.presets, self.settings.preset_policy))
-            outcome = self.engine.run([job], _NoStops())[0]
+            outcome = self.engine.run([job], NoStops())[0]
             if isinstance(outcome, JobError):
                 raise outcome
             assert isinstance(outcome, JobResult)

@@ -53,10 +53,10 @@ def _measure(generator, requests, max_batch: int) -> dict[str, float]:
 
 def run_chat_bench(model: str, device: str = "cuda", requests: int = 16, max_tokens: int = 64,
                    random_weights: bool = False, dtype: str = "auto") -> dict[str, Any]:
+    from shared.gpu import resolve_dtype
     from workers.chat.generator import Request, TextGenerator
 
-    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype) or (
-        torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    torch_dtype = resolve_dtype(dtype, device)
     net, tokenizer = _load(model, device, torch_dtype, random_weights)
     generator = TextGenerator(net, tokenizer, device)
     generator.stop_ids = set()  # fixed-length answers: both modes do identical work

@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
+from shared.gpu import resolve_dtype
 from shared.logging import get_logger
 from workers.chat.config import ChatSettings
 from workers.chat.conversation import BadRequest, fit_to_context, messages_from_request
 from workers.chat.generator import Completion, Request, TextGenerator
 
 log = get_logger(component="chat")
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 class Batcher:
@@ -124,7 +124,7 @@ class ChatService:
 
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError("--device cuda but no CUDA GPU is visible")
-        dtype = DTYPES.get(self.settings.dtype) or (torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
+        dtype = resolve_dtype(self.settings.dtype, self.device)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         if self.settings.backend == "vllm":
             from workers.chat.vllm_backend import VLLMGenerator

@@ -17,16 +17,10 @@ from typing import Any
 import torch
 
 from shared.contract import load_presets, parse_job
+from shared.engine import NoStops
+from shared.gpu import synchronize
 from shared.payloads import build_payload
 from shared.settings import DEFAULT_PRESETS
-
-
-class _NoStops:
-    def check(self, job) -> None:
-        pass
-
-    def progress(self, job, step, total) -> None:
-        pass
 
 
 def random_weights_pipeline(config_dir: str, _config=None, dtype: torch.dtype = torch.float16):
@@ -54,10 +48,6 @@ def random_weights_pipeline(config_dir: str, _config=None, dtype: torch.dtype = 
     return pipe.to(dtype=dtype)
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
 
 def _time_baseline(pipe, work, device: str) -> float:
     """Plain diffusers with its default settings, one call per job; seconds per image."""
@@ -69,18 +59,19 @@ def _time_baseline(pipe, work, device: str) -> float:
              generator=torch.Generator("cpu").manual_seed(job.seed))
 
     one(work[0])  # warm-up, not timed
-    _sync(device)
+    synchronize(device)
     started = time.perf_counter()
     for job in work:
         one(job)
-    _sync(device)
+    synchronize(device)
     return (time.perf_counter() - started) / len(work)
 
 
 def run_sdxl_bench(model: str, device: str = "cuda", jobs: int = 6, steps: int = 25, size: int = 1024,
                    batch: int = 6, random_weights: bool = False, dtype: str = "auto", compile: bool = False) -> dict[str, Any]:
+    from shared.gpu import resolve_dtype
     from workers.sdxl.config import SDXLSettings
-    from workers.sdxl.engine import SDXLEngine, load_pipeline, resolve_dtype
+    from workers.sdxl.engine import SDXLEngine, load_pipeline
 
     torch_dtype = resolve_dtype(dtype, device)
     factory = random_weights_pipeline if random_weights else load_pipeline
@@ -98,20 +89,20 @@ def run_sdxl_bench(model: str, device: str = "cuda", jobs: int = 6, steps: int =
     engine = SDXLEngine(model, config, pipeline_factory=factory)
     engine.setup(device)
     prepared = [engine.prepare(j) for j in work]
-    engine.run(prepared[:1], _NoStops())  # warm-up (and compile), not timed
-    engine.run(prepared[:min(batch, jobs)], _NoStops())
+    engine.run(prepared[:1], NoStops())  # warm-up (and compile), not timed
+    engine.run(prepared[:min(batch, jobs)], NoStops())
 
-    _sync(device)
+    synchronize(device)
     started = time.perf_counter()
     for job in prepared:
-        engine.run([job], _NoStops())
-    _sync(device)
+        engine.run([job], NoStops())
+    synchronize(device)
     alone = (time.perf_counter() - started) / jobs
 
     started = time.perf_counter()
     for i in range(0, jobs, batch):
-        engine.run(prepared[i:i + batch], _NoStops())
-    _sync(device)
+        engine.run(prepared[i:i + batch], NoStops())
+    synchronize(device)
     batched = (time.perf_counter() - started) / jobs
 
     name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "CPU"

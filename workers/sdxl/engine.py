@@ -21,11 +21,11 @@ from shared import keys
 from shared.contract import Job, JobError
 from shared.engine import Engine, ImageOutput, JobResult, RunContext
 from shared.fetch import ReferenceFetcher
+from shared.gpu import resolve_dtype
+from shared.media import fit_image
 from workers.sdxl.config import SDXLSettings
 from workers.sdxl.prompts import PromptEmbeddings, PromptEncoder
 from workers.sdxl.schedulers import make_scheduler, normalize_scheduler
-
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 @dataclass
@@ -37,13 +37,6 @@ class _Image:
     seed: int
     embeddings: PromptEmbeddings
     reference: Image.Image | None
-
-
-def resolve_dtype(name: str, device: str) -> torch.dtype:
-    if name == "auto":
-        # bf16 on GPUs: fp16 speed without SDXL's VAE overflowing to NaN (no fp32 upcast needed).
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return DTYPES[name]
 
 
 def load_pipeline(model: str, config_dir: str | None, dtype: torch.dtype):
@@ -64,23 +57,6 @@ def load_pipeline(model: str, config_dir: str | None, dtype: torch.dtype):
     return StableDiffusionXLPipeline.from_single_file(
         str(path), config=str(config), local_files_only=True, dtype=dtype
     )
-
-
-def fit_reference(image: Image.Image, width: int, height: int, policy: str) -> Image.Image:
-    """The reference at the job's size: `cover` crops the overflow, `contain` pads, `stretch` distorts."""
-    if image.size == (width, height):
-        return image
-    if policy == "stretch":
-        return image.resize((width, height), Image.Resampling.LANCZOS)
-    scale = (max if policy == "cover" else min)(width / image.width, height / image.height)
-    resized = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                           Image.Resampling.LANCZOS)
-    if policy == "cover":
-        left, top = (resized.width - width) // 2, (resized.height - height) // 2
-        return resized.crop((left, top, left + width, top + height))
-    canvas = Image.new("RGB", (width, height), (0, 0, 0))
-    canvas.paste(resized, ((width - resized.width) // 2, (height - resized.height) // 2))
-    return canvas
 
 
 class SDXLEngine(Engine):
@@ -159,7 +135,7 @@ class SDXLEngine(Engine):
             width = min(2048, max(64, round(math.sqrt(pixels * aspect) / 8) * 8))
             height = min(2048, max(64, round(math.sqrt(pixels / aspect) / 8) * 8))
             policy = "stretch"  # aspect already matches to within rounding
-        reference = fit_reference(reference, width, height, policy)
+        reference = fit_image(reference, width, height, policy)
         steps = job.steps
         if int(steps * refs.denoise_strength) < 1:
             # img2img runs steps * denoise steps; below one it would not run at all.

@@ -15,16 +15,10 @@ from typing import Any
 import torch
 
 from shared.contract import load_presets, parse_job
+from shared.engine import NoStops
+from shared.gpu import resolve_dtype, synchronize
 from shared.payloads import build_payload
 from shared.settings import DEFAULT_PRESETS
-
-
-class _NoStops:
-    def check(self, job) -> None:
-        pass
-
-    def progress(self, job, step, total) -> None:
-        pass
 
 
 def random_weights_folder(config_dir: str, into: Path) -> Path:
@@ -49,10 +43,6 @@ def random_weights_folder(config_dir: str, into: Path) -> Path:
     return into
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
 
 def _time_baseline(folder, jobs, device, dtype, width, height, steps) -> dict[str, float]:
     """Plain WanPipeline calls with diffusers' defaults; seconds per job (one warm-up call first)."""
@@ -72,10 +62,10 @@ def _time_baseline(folder, jobs, device, dtype, width, height, steps) -> dict[st
                  generator=torch.Generator("cpu").manual_seed(1))
 
         call()  # warm-up
-        _sync(device)
+        synchronize(device)
         started = time.perf_counter()
         call()
-        _sync(device)
+        synchronize(device)
         seconds[name] = time.perf_counter() - started
     return seconds
 
@@ -87,7 +77,7 @@ def run_wan_bench(model: str, device: str = "cuda", width: int = 480, height: in
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = str(random_weights_folder(model, Path(tmp))) if random_weights else model
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        dtype = resolve_dtype("auto", device)
         presets = load_presets(str(DEFAULT_PRESETS))
         cases = {"image": ("image_fast", 1), "video": ("video_fast", frames)}
         jobs = {name: parse_job(build_payload("v1", t, "waves rolling onto a beach at dusk", seed=1, width=width,
@@ -105,11 +95,11 @@ def run_wan_bench(model: str, device: str = "cuda", width: int = 480, height: in
             engine.setup(device)
             measured[label] = {}
             for name, job in jobs.items():
-                engine.run([engine.prepare(job)], _NoStops())  # warm-up
-                _sync(device)
+                engine.run([engine.prepare(job)], NoStops())  # warm-up
+                synchronize(device)
                 started = time.perf_counter()
-                engine.run([engine.prepare(job)], _NoStops())
-                _sync(device)
+                engine.run([engine.prepare(job)], NoStops())
+                synchronize(device)
                 measured[label][name] = time.perf_counter() - started
             del engine
         name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "CPU"

@@ -21,7 +21,8 @@ from shared.chat_client import request_enhancement
 from shared.contract import Job, JobError
 from shared.engine import Engine, ImageOutput, JobResult, RunContext, VideoOutput
 from shared.fetch import ReferenceFetcher
-from workers.sdxl.engine import fit_reference
+from shared.gpu import resolve_dtype
+from shared.media import fit_image
 from workers.wan.config import WANSettings
 
 JOB_TYPES = ("image_fast", "image_high", "video_fast", "video_high", "image7b_fast_enhanced",
@@ -82,8 +83,7 @@ class WANEngine(Engine):
         if not (Path(self.model) / "model_index.json").exists():
             raise FileNotFoundError(f"WAN model {self.model} is not a diffusers folder (no model_index.json)")
         self.device = device
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(self.config.dtype) or (
-            torch.bfloat16 if device.startswith("cuda") else torch.float32)
+        dtype = resolve_dtype(self.config.dtype, device)
         # The VAE stays in fp32 (Wan's recommendation: half precision bands the colours).
         vae = diffusers.AutoencoderKLWan.from_pretrained(self.model, subfolder="vae", dtype=torch.float32,
                                                          local_files_only=True)
@@ -147,7 +147,7 @@ class WANEngine(Engine):
                 "end": [refs.end_url or refs.image_url], "both": [refs.start_url, refs.end_url]}[wanted]
         if not all(urls):
             raise JobError("invalid_parameter", f"reference mode {wanted!r} is missing its reference URL", job_id=job.id)
-        images = [fit_reference(self.fetcher.fetch_image(u), width, height, "cover") for u in urls]
+        images = [fit_image(self.fetcher.fetch_image(u), width, height, "cover") for u in urls]
         return {"reference_mode_applied": wanted, "reference_mode_requested": wanted, "_images": images}
 
     # -------------------------------------------------------------------------- the GPU
