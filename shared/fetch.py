@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import re
 import socket
 from urllib.parse import urljoin, urlparse
 
@@ -22,7 +23,7 @@ from shared.settings import Settings
 from shared.storage import Storage, _read_capped
 
 MAX_REDIRECTS = 3
-REFERENCE_BUCKETS = ("user-library", "workspace-temp", "reference-images")
+REFERENCE_BUCKETS = ("user-library", "workspace-temp", "reference_images")  # the backend's bucket names
 _MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
 
 
@@ -71,13 +72,17 @@ class ReferenceFetcher:
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise _fail(f"reference {_describe(url)} is not an http(s) URL")
         host = parsed.hostname.lower()
-        if "*" not in self.allowed_hosts and not any(host == h or (h.startswith("*.") and host.endswith(h[1:]))
-                                                     for h in self.allowed_hosts):
-            raise _fail(f"reference host {host} is not allowed (REFERENCE_ALLOWED_HOSTS)")
+        try:
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        except ValueError:
+            raise _fail(f"reference {_describe(url)} has an invalid port") from None
+        if "*" not in self.allowed_hosts and not any(host_allowed(entry, host, port) for entry in self.allowed_hosts):
+            where = f"{host}:{port}" if parsed.port else host
+            raise _fail(f"reference host {where} is not allowed (REFERENCE_ALLOWED_HOSTS)")
         if self.allow_private:
             return
         try:
-            infos = socket.getaddrinfo(host, parsed.port or (443 if parsed.scheme == "https" else 80))
+            infos = socket.getaddrinfo(host, port)
         except socket.gaierror as exc:
             raise _fail(f"reference host {host} does not resolve") from exc
         for info in infos:
@@ -116,6 +121,22 @@ class ReferenceFetcher:
         except Exception as exc:
             raise _fail(f"{what} is a damaged {kind} image") from exc
         return image.convert("RGB")
+
+
+def host_allowed(entry: str, host: str, port: int) -> bool:
+    """One REFERENCE_ALLOWED_HOSTS entry against a URL's host and (effective) port.
+
+    `example.com` and `*.example.com` allow any port; `example.com:8443`, `127.0.0.1:54321` and
+    `[::1]:8080` allow that port only.
+    """
+    name, wanted_port = entry, None
+    match = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:\[\]]+):(\d+)", entry)
+    if match:
+        name = match[1] or match[3]
+        wanted_port = match[2] or match[4]
+    if wanted_port is not None and int(wanted_port) != port:
+        return False
+    return host == name or (name.startswith("*.") and host.endswith(name[1:]))
 
 
 def _describe(reference: str) -> str:

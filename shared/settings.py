@@ -94,11 +94,17 @@ class Settings(BaseSettings):
         return "file://./outputs/callbacks.jsonl"
 
     def allowed_reference_hosts(self) -> list[str]:
-        """Hosts reference images may come from: the setting, else the Supabase host alone."""
+        """Hosts reference images may come from: the setting, else the Supabase host (and its port,
+        when SUPABASE_URL names one) alone."""
         if self.reference_allowed_hosts:
             return [h.strip().lower() for h in self.reference_allowed_hosts.split(",") if h.strip()]
-        host = urlparse(self.supabase_url).hostname if self.supabase_url else None
-        return [host.lower()] if host else []
+        parsed = urlparse(self.supabase_url) if self.supabase_url else None
+        if parsed is None or not parsed.hostname:
+            return []
+        host = parsed.hostname.lower()
+        if ":" in host:
+            host = f"[{host}]"
+        return [f"{host}:{parsed.port}" if parsed.port else host]
 
     def secret_values(self) -> list[str]:
         """Every secret this process knows, so the log redactor can scrub them from any text."""

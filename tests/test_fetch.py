@@ -81,3 +81,30 @@ def test_raw_storage_keys_are_read_through_storage(tmp_path, backend):
         f.fetch_image("secrets/u1/ref.png")
     with pytest.raises(JobError):
         f.fetch_image("file:///etc/passwd")
+
+
+def test_raw_keys_in_the_real_reference_images_bucket(tmp_path, backend):
+    store = FileStorage(tmp_path)
+    store.put("reference_images", "u1/ref.png", png(), "image/png")
+    store.put("reference-images", "u1/ref.png", png(), "image/png")
+    f = ReferenceFetcher(Settings(supabase_url=backend.url), store)
+    assert f.fetch_image("reference_images/u1/ref.png").size == (32, 16)
+    with pytest.raises(JobError) as err:
+        f.fetch_image("reference-images/u1/ref.png")  # no such bucket in the backend
+    assert "neither a URL nor a key" in err.value.message
+
+
+def test_an_allowed_host_with_a_port_matches_that_port_only(backend):
+    backend.files["/refs/fox.png"] = (200, png(), {})
+    port = int(backend.url.rsplit(":", 1)[1])
+    url = f"{backend.url}/refs/fox.png"
+    assert fetcher(backend, reference_allowed_hosts=f"127.0.0.1:{port}").fetch_image(url).size == (32, 16)
+    assert fetcher(backend, reference_allowed_hosts="127.0.0.1").fetch_image(url).size == (32, 16)  # any port
+    with pytest.raises(JobError) as err:
+        fetcher(backend, reference_allowed_hosts=f"127.0.0.1:{port + 1}").fetch_image(url)
+    assert f"127.0.0.1:{port} is not allowed" in err.value.message
+    with pytest.raises(JobError):  # an explicit default port is a port like any other
+        fetcher(backend, reference_allowed_hosts="127.0.0.1:443").fetch_image(url)
+    # The default (no REFERENCE_ALLOWED_HOSTS): the SUPABASE_URL host at its own port only.
+    assert Settings(supabase_url=backend.url).allowed_reference_hosts() == [f"127.0.0.1:{port}"]
+    assert Settings(supabase_url="https://abc.supabase.co").allowed_reference_hosts() == ["abc.supabase.co"]
