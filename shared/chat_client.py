@@ -16,7 +16,7 @@ import redis
 
 from shared import keys
 from shared.contract import Era
-from shared.queue import push_end, remove_queued
+from shared.queue import longest_block, push_end, remove_queued
 
 
 def request_reply(client: redis.Redis, era: Era, kind: str, body: dict[str, Any], timeout: float = 30.0) -> dict | None:
@@ -27,12 +27,25 @@ def request_reply(client: redis.Redis, era: Era, kind: str, body: dict[str, Any]
                "timeout": timeout}
     element = json.dumps(payload)
     (client.lpush if push_end(era) == "LEFT" else client.rpush)(keys.CHAT_QUEUE, element)
-    answer = client.blpop([reply_key], timeout=max(1, round(timeout)))
+    answer = _wait_for_reply(client, reply_key, timeout)
     if answer is None:
         remove_queued(client, keys.CHAT_QUEUE, request_id)
         return None
     client.delete(reply_key)
     return json.loads(answer[1])
+
+
+def _wait_for_reply(client: redis.Redis, reply_key: str, timeout: float):
+    """BLPOP on the reply key for `timeout` seconds in all, in waits the client's socket allows."""
+    deadline = time.monotonic() + timeout
+    step = longest_block(client)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        answer = client.blpop([reply_key], timeout=max(0.01, min(remaining, step)))
+        if answer is not None:
+            return answer
 
 
 def request_enhancement(client: redis.Redis, era: Era, prompt: str, job_type: str, timeout: float = 30.0) -> str | None:

@@ -54,8 +54,32 @@ class Claimed:
     claimed_at: float
 
 
-def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, socket_keepalive=True)
+SOCKET_TIMEOUT = 15.0  # seconds; every blocking command waits less than its client's socket timeout
+
+
+def connect(url: str, socket_timeout: float = SOCKET_TIMEOUT) -> redis.Redis:
+    """A client whose socket timeout is set here, not left to the library's default (redis-py 8: 5 s)."""
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, socket_keepalive=True,
+                                socket_timeout=socket_timeout, socket_connect_timeout=min(socket_timeout, 10.0))
+
+
+def socket_timeout_of(client: redis.Redis) -> float | None:
+    """The client's socket timeout: what it was given, else its connection class's default."""
+    pool = client.connection_pool
+    if "socket_timeout" in pool.connection_kwargs:
+        return pool.connection_kwargs["socket_timeout"]
+    # Ask an unconnected connection built like the pool's (no socket is opened).
+    return getattr(pool.connection_class(**pool.connection_kwargs), "socket_timeout", None)
+
+
+def longest_block(client: redis.Redis) -> float:
+    """How long one blocking command (BLMOVE, BLPOP) may wait on this client.
+
+    A blocking command that waits past the socket timeout raises `TimeoutError` instead of
+    returning empty-handed, so a longer wait is made of several shorter ones.
+    """
+    timeout = socket_timeout_of(client)
+    return float("inf") if not timeout else max(0.05, timeout * 0.8)
 
 
 class JobQueue:
@@ -142,7 +166,7 @@ class JobQueue:
         # Nothing anywhere: block on one queue (rotating) so an idle worker costs Redis nothing.
         queue = self.queues[self._rotation % n]
         self._rotation = (self._rotation + 1) % n
-        wait = max(0.01, block_seconds / n) if n > 1 else block_seconds
+        wait = min(max(0.01, block_seconds / n) if n > 1 else block_seconds, longest_block(self.redis))
         raw = self.redis.blmove(queue, keys.processing(self.worker_id, queue), wait, src, "LEFT")
         return self._claimed(raw, queue) if raw is not None else None
 

@@ -1,6 +1,7 @@
 """The WAN engine on tiny random-weight Wan 2.1 models (text-to-video and VACE)."""
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from shared.contract import JobError, load_presets, parse_job
 from shared.fetch import ReferenceFetcher
 from shared.media import probe_mp4
 from shared.payloads import build_payload, push
+from shared.queue import connect, socket_timeout_of
 from shared.settings import DEFAULT_PRESETS, Settings
 from tests.helpers import running_worker
 from workers.chat.config import ChatSettings
@@ -160,6 +162,32 @@ def test_enhanced_jobs_use_the_chat_worker_and_report_both_prompts(tiny_wan, tin
     assert result.metadata["enhancement_strategy"] == "qwen_chat_queue"
     assert result.metadata["original_prompt"] == "a dog" and result.metadata["final_prompt"] == job.prompt
     assert job.prompt and job.prompt != "a dog"
+
+
+def test_an_enhancement_slower_than_the_redis_socket_timeout_is_still_used(tiny_wan, tiny_chat, make_settings,
+                                                                           redis_client):
+    """The chat worker answers after 7 s; the WAN side waits up to 30 s on a client whose socket
+    timeout is redis-py's default (5 s): the enhanced prompt must be used, not the raw one."""
+    settings = make_settings()
+    chat = ChatSettings(max_batch=2)
+    service = ChatService(chat, str(tiny_chat), "cpu")
+    service.load()
+    quick = service.enhance
+    service.enhance = lambda body: (time.sleep(7), quick(body))[1]
+    consumer = ChatQueueConsumer(service, settings, chat, connect(settings.effective_redis_url)).start()
+    try:
+        engine = engine_for(tiny_wan, redis_client=redis_client, enhance_timeout_seconds=30)
+        assert socket_timeout_of(redis_client) == 5  # the library default this test is about
+        started = time.monotonic()
+        job = engine.prepare(wan_job("video7b_fast_enhanced", prompt="a slow dog", frames=5))
+        waited = time.monotonic() - started
+    finally:
+        consumer.stop()
+        service.close()
+    assert waited >= 7
+    assert engine.prepared[job.id]["enhancement_strategy"] == "qwen_chat_queue"
+    assert job.prompt and job.prompt != "a slow dog"
+    engine.prepared.pop(job.id)
 
 
 def test_enhancement_timeout_falls_back_to_the_original_prompt(tiny_wan, redis_client):
