@@ -187,11 +187,35 @@ def test_enhancement_times_out_to_none_and_takes_its_request_back(redis_client):
     assert redis_client.llen(keys.CHAT_QUEUE) == 0
 
 
+def test_the_2025_08_backend_bodies_are_served(api):
+    hub = post(api, "/enhance", {"prompt": "a cat", "job_type": "image7b_fast_enhanced",
+                                 "model": "Qwen/Qwen2.5-7B-Instruct", "max_tokens": 4})
+    assert hub.status_code == 200 and hub.json()["success"] and hub.json()["model"] == "qwen_instruct"
+    assert "model_note" not in hub.json()
+    unknown = post(api, "/enhance", {"prompt": "a cat", "model": "gpt-4o", "max_tokens": 4}).json()
+    assert unknown["success"] and unknown["model"] == "qwen_instruct" and unknown["requested_model"] == "gpt-4o"
+    assert "gpt-4o" in unknown["model_note"] and "qwen_instruct" in unknown["model_note"]
+    chat = post(api, "/chat", {"message": "hi", "model": "qwen2.5-7b-instruct", "max_tokens": 2}).json()
+    assert chat["success"] and "model_note" not in chat
+    generated = post(api, "/generate", {"inputs": "Once upon a time",
+                                        "parameters": {"max_new_tokens": 3, "do_sample": False, "top_p": 0.9}})
+    body = generated.json()
+    assert generated.status_code == 200 and body["success"] and 0 < body["tokens_generated"] <= 3
+    assert body["generated_text"] == body["response"]
+    assert "CHAT_BASE_MODEL" in body["model_note"]  # no base model here: said, not refused
+    again = post(api, "/generate", {"inputs": "Once upon a time",
+                                    "parameters": {"max_new_tokens": 3, "do_sample": False,
+                                                   "return_full_text": True}}).json()
+    assert again["generated_text"] == "Once upon a time" + body["response"]  # greedy: the same continuation
+
+
 def test_base_model_is_served_on_request_when_configured(tiny_chat):
     both = start_api(tiny_chat, base_model=str(tiny_chat))
     try:
         assert post(both, "/chat", {"message": "x", "model": "qwen_base", "max_tokens": 2}).json()["model"] == "qwen_base"
         assert post(both, "/generate", {"prompt": "Once upon a time", "max_tokens": 3}).json()["model"] == "qwen_base"
+        hub = post(both, "/chat", {"message": "x", "model": "Qwen/Qwen2.5-7B", "max_tokens": 2}).json()
+        assert hub["model"] == "qwen_base" and "model_note" not in hub
     finally:
         both.stop()
         both.service.close()

@@ -24,6 +24,9 @@ class ChatSettings(BaseSettings):
         description="one backend caller of /enhance sends no key")
     port: int = Field(default=7861, validation_alias=AliasChoices("CHAT_PORT", "PORT"))
     base_model: str | None = Field(default=None, validation_alias="CHAT_BASE_MODEL")
+    # The hub ids the backend may name in `model` (the 2025-08 backend sends the instruct model's).
+    model_id: str = Field(default="Qwen/Qwen2.5-7B-Instruct", validation_alias="CHAT_MODEL_ID")
+    base_model_id: str = Field(default="Qwen/Qwen2.5-7B", validation_alias="CHAT_BASE_MODEL_ID")
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(default="auto", validation_alias="CHAT_DTYPE")
     max_batch: int = Field(default=8, ge=1, le=256, validation_alias="CHAT_MAX_BATCH")
     batch_wait_ms: int = Field(default=20, ge=0, validation_alias="CHAT_BATCH_WAIT_MS")

@@ -12,6 +12,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -99,6 +100,25 @@ def _number(body: dict, name: str, default, low, high, kind=float):
     return kind(value)
 
 
+def _from_inputs_parameters(body: dict) -> dict:
+    """The 2025-08 `/generate` body (text-generation-inference style) in this service's terms."""
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequest("parameters must be an object")
+    mapped = {"prompt": body.get("inputs")}
+    if "model" in body:
+        mapped["model"] = body["model"]
+    names = {"max_new_tokens": "max_tokens", "max_tokens": "max_tokens", "temperature": "temperature",
+             "top_p": "top_p", "repetition_penalty": "repetition_penalty", "seed": "seed",
+             "return_full_text": "return_full_text"}
+    for theirs, ours in names.items():
+        if parameters.get(theirs) is not None:
+            mapped[ours] = parameters[theirs]
+    if parameters.get("do_sample") is False:
+        mapped["temperature"] = 0.0  # greedy
+    return mapped
+
+
 class ChatService:
     def __init__(self, settings: ChatSettings, model_path: str, device: str = "cuda"):
         self.settings = settings
@@ -146,11 +166,35 @@ class ChatService:
 
     # ----------------------------------------------------------------------- requests
 
-    def _model(self, body: dict) -> LoadedModel:
-        wanted = body.get("model") or "qwen_instruct"
-        if wanted not in ("qwen_instruct", "qwen_base"):
-            raise BadRequest("model must be qwen_instruct or qwen_base")
-        return self.models.get(wanted) or self.models["qwen_instruct"]
+    def _model(self, body: dict, default: str = "qwen_instruct") -> tuple[LoadedModel, dict[str, Any]]:
+        """The model that serves a request, and what the reply says about the choice.
+
+        `model` may be a served name (`qwen_instruct`, `qwen_base`) or a hub id naming one (the
+        2025-08 backend sends `Qwen/Qwen2.5-7B-Instruct`). Anything else, or the base model when
+        none is loaded, is served by the instruct model and the reply says so: never a 400 for a
+        body the real backend sends.
+        """
+        wanted = body.get("model")
+        name = self._served_name(wanted) if wanted else default
+        model = self.models.get(name or "") or self.models["qwen_instruct"]
+        if not wanted or model.name == name:
+            return model, {}
+        return model, {"requested_model": str(wanted)[:200],
+                       "model_note": f"model {str(wanted)[:80]!r} is not served here; answered by {model.name}"}
+
+    def _served_name(self, wanted: Any) -> str | None:
+        if not isinstance(wanted, str):
+            return None
+        key = wanted.strip().lower()
+        if key in ("qwen_instruct", "qwen_base"):
+            return key
+        names = {"qwen_instruct": (self.settings.model_id, self.model_path),
+                 "qwen_base": (self.settings.base_model_id, self.settings.base_model or "")}
+        for name, (hub_id, path) in names.items():
+            aliases = {hub_id.lower(), hub_id.lower().rsplit("/", 1)[-1], Path(path).name.lower()} - {""}
+            if key in aliases or key.rsplit("/", 1)[-1] in aliases:
+                return name
+        return None
 
     def _max_tokens(self, model: LoadedModel, body: dict, default: int | None = None) -> int:
         """The request's max_tokens; when absent, the default but never more than half the context."""
@@ -179,7 +223,8 @@ class ChatService:
         kept, dropped = fit_to_context(messages, model.count_tokens, budget)
         return model.prompt_ids(kept), dropped
 
-    def _reply(self, model: LoadedModel, completion: Completion, started: float, **extra) -> dict[str, Any]:
+    def _reply(self, model: LoadedModel, completion: Completion, started: float, choice: dict[str, Any],
+               **extra) -> dict[str, Any]:
         return {
             "success": True,
             "generation_time": round(time.perf_counter() - started, 3),
@@ -187,21 +232,22 @@ class ChatService:
             "prompt_tokens": completion.prompt_tokens,
             "finish_reason": completion.finish_reason,
             "model": model.name,
+            **choice,
             **extra,
         }
 
     def chat(self, body: dict) -> dict[str, Any]:
         started = time.perf_counter()
-        model = self._model(body)
+        model, choice = self._model(body)
         max_tokens = self._max_tokens(model, body)
         ids, dropped = self._fit(model, messages_from_request(body), max_tokens)
         completion = self._run(model, self._request(body, ids, max_tokens))
         text = model.tokenizer.decode(completion.token_ids, skip_special_tokens=True).strip()
-        return self._reply(model, completion, started, response=text, dropped_messages=dropped)
+        return self._reply(model, completion, started, choice, response=text, dropped_messages=dropped)
 
     def enhance(self, body: dict) -> dict[str, Any]:
         started = time.perf_counter()
-        model = self._model(body)
+        model, choice = self._model(body)
         if isinstance(body.get("messages"), list):
             messages = messages_from_request(body)
             original = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
@@ -218,23 +264,32 @@ class ChatService:
         ids, _ = self._fit(model, messages, max_tokens)
         completion = self._run(model, self._request(body, ids, max_tokens))
         text = model.tokenizer.decode(completion.token_ids, skip_special_tokens=True).strip()
-        return self._reply(model, completion, started, enhanced_prompt=text or original, original_prompt=original,
-                           enhancement_strategy=f"{model.name}_chat")
+        return self._reply(model, completion, started, choice, enhanced_prompt=text or original,
+                           original_prompt=original, enhancement_strategy=f"{model.name}_chat")
 
     def generate(self, body: dict) -> dict[str, Any]:
-        """Plain continuation of `prompt`, no chat template (the base model's use)."""
+        """Plain continuation of `prompt`, no chat template (the base model's use).
+
+        Also takes the 2025-08 body, `{inputs, parameters: {max_new_tokens, temperature, top_p,
+        do_sample, repetition_penalty, return_full_text, seed}}`, and answers it with
+        `generated_text` beside `response`.
+        """
         started = time.perf_counter()
+        body = _from_inputs_parameters(body) if "inputs" in body and "prompt" not in body else body
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt:
-            raise BadRequest("generate needs a non-empty `prompt`")
-        model = self._model({"model": body.get("model") or "qwen_base"})
+            raise BadRequest("generate needs a non-empty `prompt` (or `inputs`)")
+        model, choice = self._model(body, default="qwen_base")
+        if "model" not in body and model.name != "qwen_base":
+            choice = {"model_note": "no base model is configured (CHAT_BASE_MODEL); answered by qwen_instruct"}
         ids = model.tokenizer(prompt, add_special_tokens=False).input_ids
         max_tokens = self._max_tokens(model, body)
         if len(ids) + max_tokens > model.generator.max_context:
             raise BadRequest(f"prompt of {len(ids)} tokens plus max_tokens={max_tokens} exceeds the context")
         completion = self._run(model, self._request(body, ids, max_tokens))
         text = model.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
-        return self._reply(model, completion, started, response=text)
+        generated = prompt + text if body.get("return_full_text") is True else text
+        return self._reply(model, completion, started, choice, response=text, generated_text=generated)
 
     def info(self) -> dict[str, Any]:
         return {
