@@ -32,6 +32,7 @@ from shared.announce import announce_in_background
 from shared.callback import CANCELLED, COMPLETED, FAILED, PROCESSING, Asset, build_callback
 from shared.contract import BadPayload, Job, JobError, load_presets, parse_job
 from shared.engine import Engine, JobResult
+from shared.failures import as_job_error
 from shared.gpu import apply_memory_budget
 from shared.http import HealthServer, json_response
 from shared.logging import get_logger
@@ -313,9 +314,9 @@ class Worker:
             return outcomes
         except JobError as exc:
             return [exc] * len(live)
-        except Exception as exc:  # an engine bug or a CUDA fault: retry elsewhere, up to MAX_ATTEMPTS
+        except Exception as exc:  # a device fault is retried elsewhere; a bug fails the jobs now
             self.log.exception("engine_error", job_ids=[t.job_id for t in live])
-            return [JobError("internal_error", f"{type(exc).__name__}: {exc}", retryable=True)] * len(live)
+            return [as_job_error(exc, "generation")] * len(live)
 
     # ------------------------------------------------------------------------- claiming
 
@@ -401,7 +402,7 @@ class Worker:
             return
         except Exception as exc:
             log.exception("prepare_failed")
-            self._submit_post(task, JobError("internal_error", f"{type(exc).__name__}: {exc}", retryable=True))
+            self._submit_post(task, as_job_error(exc, "preparation"))
             return
         self.metrics.stage_seconds.labels("prepare").observe(time.monotonic() - started)
         task.prepared_at = time.monotonic()
@@ -440,7 +441,7 @@ class Worker:
             self._fail(task, exc, dead_letter)
         except Exception as exc:
             log.exception("publish_error")
-            self._fail(task, JobError("internal_error", f"{type(exc).__name__}: {exc}", retryable=True), dead_letter)
+            self._fail(task, as_job_error(exc, "publishing"), dead_letter)
 
     def _fail(self, task: Task, error: JobError, dead_letter: str | None) -> None:
         log = self.log.bind(job_id=task.job_id, error_type=error.error_type)

@@ -297,3 +297,45 @@ def test_a_worker_stopped_before_it_starts_exits_cleanly_without_claiming(make_s
     worker.stop(grace=0)
     assert worker.run() == 0
     assert CountingSetup.setups == 0 and redis_client.llen(keys.SDXL_QUEUE) == 1
+
+
+@pytest.mark.parametrize("error", [TypeError("unexpected keyword argument 'strenght'"),
+                                   ModuleNotFoundError("No module named 'scipy'"), ValueError("bad shape")])
+def test_a_deterministic_engine_error_fails_the_job_at_once(make_settings, redis_client, backend, error):
+    calls = []
+
+    class Buggy(SimEngine):
+        def run(self, jobs, ctx):
+            calls.append(len(jobs))
+            raise error
+
+    job = submit(redis_client, "v2")
+    with running_worker(make_settings(contract="v2", max_attempts=3), engine=Buggy()) as worker:
+        callbacks = backend.wait_for_terminal(1)
+        assert worker.counts["retried"] == 0
+    assert calls == [1]  # one try on the GPU, not MAX_ATTEMPTS
+    assert callbacks[0]["job_id"] == job["id"] and callbacks[0]["status"] == "failed"
+    assert callbacks[0]["metadata"]["error_type"] == "internal_error"
+    assert type(error).__name__ in callbacks[0]["error_message"] and "not retried" in callbacks[0]["error_message"]
+    assert dead_letters(redis_client) == [] and redis_client.llen(keys.SDXL_QUEUE) == 0
+
+
+def test_a_deterministic_prepare_error_fails_at_once_and_a_lost_connection_is_retried(make_settings, redis_client,
+                                                                                       backend):
+    prepared = []
+
+    class Flaky(SimEngine):
+        def prepare(self, job):
+            prepared.append(job.prompt)
+            if job.prompt == "typo":
+                raise TypeError("prepare() got an unexpected keyword argument")
+            if job.prompt == "network" and prepared.count("network") == 1:
+                raise ConnectionError("connection reset by peer")
+            return job
+
+    typo, network = submit(redis_client, "v1", prompt="typo"), submit(redis_client, "v1", prompt="network")
+    with running_worker(make_settings(max_attempts=3), engine=Flaky()):
+        callbacks = {c["job_id"]: c for c in backend.wait_for_terminal(2)}
+    assert prepared.count("typo") == 1 and callbacks[typo["id"]]["metadata"]["error_type"] == "internal_error"
+    assert prepared.count("network") == 2 and callbacks[network["id"]]["status"] == "completed"
+

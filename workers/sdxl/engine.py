@@ -208,6 +208,7 @@ class SDXLEngine(Engine):
                 raise JobError(
                     "out_of_memory",
                     f"one {job.width}x{job.height} image does not fit in GPU memory; try a smaller size",
+                    retryable=True,  # memory held by another process now may be free on the next try
                 ) from None
             half = len(images) // 2
             yield from self._generate(images[:half], ctx, cancelled)

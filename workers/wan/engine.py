@@ -189,7 +189,8 @@ class WANEngine(Engine):
             except torch.OutOfMemoryError:
                 self._free()
                 raise JobError("out_of_memory", f"{job.width}x{job.height}x{job.frames} does not fit in GPU memory "
-                                                "even with VAE tiling; try fewer frames or a smaller size") from None
+                                                "even with VAE tiling; try fewer frames or a smaller size",
+                               retryable=True) from None
 
     def _free(self) -> None:
         gc.collect()
