@@ -8,6 +8,7 @@ with a clear message instead of being clamped.
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from dataclasses import dataclass, field, replace
@@ -116,6 +117,7 @@ class Job:
     references: References = field(default_factory=References)
     compel_enabled: bool = False
     compel_weights: Any = None
+    requested_size: tuple[int, int] | None = None  # the size the payload asked for, if it gave one
     content_type: str | None = None
     character_id: str | None = None
     model_variant: str | None = None
@@ -279,11 +281,19 @@ def parse_job(raw: Any, presets: Presets, policy: str = "payload") -> Job:
             return preset.get(preset_key)
         return given
 
-    size = _parse_size(_first(config.get("size"), config.get("resolution")), job_id)
+    explicit_size = _parse_size(config.get("size"), job_id)
+    resolution = _parse_size(config.get("resolution"), job_id)
+    size = explicit_size or resolution
     width_in = _first(config.get("width"), size[0] if size else None)
     height_in = _first(config.get("height"), size[1] if size else None)
     width = _number("width", pick(width_in, preset_key="width"), int, b["width"], job_id)
     height = _number("height", pick(height_in, preset_key="height"), int, b["height"], job_id)
+    requested_size = (width, height) if policy == "payload" and width_in is not None and height_in is not None else None
+    native_area = preset.get("native_area")
+    if native_area and requested_size and resolution and not explicit_size and config.get("width") is None:
+        # The 2026-04 backend puts the *image* resolution on video jobs too: for a model with a
+        # native area (Wan 2.1 1.3B makes 480p) it only says which aspect ratio the user chose.
+        width, height = native_size(width, height, int(native_area))
     if width * height > b["max_pixels"]:
         raise JobError("invalid_parameter", f"{width}x{height} exceeds {b['max_pixels']} pixels", job_id=job_id)
 
@@ -341,8 +351,10 @@ def parse_job(raw: Any, presets: Presets, policy: str = "payload") -> Job:
 
     references = _parse_references(payload, config, metadata, preset["engine"], d, b, job_id)
     pipeline = config.get("pipeline")
-    if pipeline not in ("txt2img", "img2img", "video"):
-        pipeline = "video" if preset["engine"] == "wan" else ("img2img" if references.image_url else "txt2img")
+    if preset["engine"] == "wan":
+        pipeline = "video"  # video and one-frame images alike; references are frames, never img2img
+    elif pipeline not in ("txt2img", "img2img"):
+        pipeline = "img2img" if references.image_url else "txt2img"
     if pipeline == "img2img" and not references.image_url:
         raise JobError("invalid_parameter", "img2img job has no reference image URL", job_id=job_id)
 
@@ -378,12 +390,25 @@ def parse_job(raw: Any, presets: Presets, policy: str = "payload") -> Job:
         references=references,
         compel_enabled=_flag(payload.get("compel_enabled")),
         compel_weights=payload.get("compel_weights"),
+        requested_size=requested_size,
         content_type=_optional_text(payload, "content_type"),
         character_id=_optional_text(payload, "character_id"),
         model_variant=_optional_text(payload, "model_variant"),
         created_at=_optional_text(payload, "created_at"),
         payload=payload,
     )
+
+
+def native_size(width: int, height: int, area: int) -> tuple[int, int]:
+    """The aspect ratio of width x height at about `area` pixels, sides multiples of 16.
+
+    The short side is the nearest multiple of 16 to its exact value; the long side follows the
+    ratio but never takes the area past `area` (16:9 → 832x480 and 1:1 → 624x624 at 832*480).
+    """
+    ratio = max(width, height) / min(width, height)
+    short = max(16, round(math.sqrt(area / ratio) / 16) * 16)
+    long = max(short, min(round(short * ratio / 16) * 16, (area // short) // 16 * 16))
+    return (long, short) if width >= height else (short, long)
 
 
 def _optional_text(payload: dict, key: str) -> str | None:
@@ -424,7 +449,7 @@ def _parse_references(payload, config, metadata, engine, defaults, bounds, job_i
     strength_in = _first(config.get("reference_strength"), metadata.get("reference_strength"))
     denoise_in = _first(config.get("denoise_strength"), metadata.get("denoise_strength"))
     denoise = None
-    if image or start or end:
+    if image and engine == "sdxl":  # image-to-image only: WAN reference frames are kept, not denoised
         if denoise_in is not None:
             denoise = _number("denoise_strength", denoise_in, float, bounds["denoise_strength"], job_id)
         else:

@@ -37,7 +37,14 @@ def build_payload(
     steps: int | None = None,
     frames: int | None = None,
     reference_image_url: str | None = None,
+    resolution: str | None = None,
 ) -> dict[str, Any]:
+    """One payload of `job_type` in `era`'s shape.
+
+    v2 video jobs carry the image `resolution` the backend puts on every job (default
+    `576x1024`); pass `resolution=` to choose it. Given `width` and `height`, a v2 video job
+    carries an explicit `size` instead, which the worker makes exactly (tests use tiny sizes).
+    """
     job_id = job_id or str(uuid.uuid4())
     user_id = user_id or "00000000-0000-4000-8000-000000000001"
     quality = _quality(job_type)
@@ -72,9 +79,12 @@ def build_payload(
             payload.update({"negative_prompt": "", "compel_enabled": False, "compel_weights": None})
         return payload
 
-    resolution = f"{width or (1024 if is_sdxl else 480)}x{height or (1024 if is_sdxl else 832)}"
     config = {"pipeline": "video" if not is_sdxl else ("img2img" if reference_image_url else "txt2img"),
-              "num_images": num_images, "resolution": resolution}
+              "num_images": num_images}
+    if is_sdxl or not (width and height):
+        config["resolution"] = resolution or (f"{width or 1024}x{height or 1024}" if is_sdxl else "576x1024")
+    else:
+        config["size"] = f"{width}*{height}"
     if steps is not None:
         config["num_inference_steps"] = steps
     if seed is not None:

@@ -53,13 +53,14 @@ def publish(result: JobResult, era: Era, uploader: Uploader, policy: BucketPolic
             "height": still.height,
             "seed": item.seed,
             "steps": job.steps,
+            # the 2026-04 job-callback reads this name for `worker_reported_steps`
+            "num_inference_steps": job.steps,
             "guidance_scale": job.guidance_scale,
             "scheduler": job.scheduler,
             "bucket": bucket,
             "size_bytes": len(data),
         })
-        if job.references.denoise_strength is not None:
-            meta["denoise_strength"] = job.references.denoise_strength
+        meta.update(_reference_facts(job))
         meta.update(item.metadata)
         assets.append(Asset(type=kind, key=key, thumbnail_key=thumbnail_key, metadata=meta))
     return assets
@@ -80,12 +81,24 @@ def job_metadata(job: Job, result: JobResult | None = None) -> dict[str, Any]:
         "final_prompt": job.prompt,
         "enhancement_strategy": "none",
     }
+    if job.requested_size is not None:
+        meta["requested_size"] = list(job.requested_size)
     if job.media == "video" or job.engine == "wan":
         meta["frame_num"] = job.frames
         meta["fps"] = job.fps
-    if job.references.denoise_strength is not None:
-        meta["denoise_strength"] = job.references.denoise_strength
-        meta["reference_mode"] = job.references.reference_mode or ("copy" if job.references.exact_copy else "modify")
+    meta.update(_reference_facts(job))
     if result is not None:
         meta.update(result.metadata)
     return meta
+
+
+def _reference_facts(job: Job) -> dict[str, Any]:
+    """What kind of reference job this was: denoise and copy/modify for image-to-image only;
+    a video's reference frames are reported by their mode (the engine adds what it applied)."""
+    refs = job.references
+    if job.pipeline == "img2img" and refs.denoise_strength is not None:
+        return {"denoise_strength": refs.denoise_strength,
+                "reference_mode": refs.reference_mode or ("copy" if refs.exact_copy else "modify")}
+    if job.engine == "wan":
+        return {"video_reference_mode": refs.video_reference_mode}
+    return {}

@@ -84,7 +84,8 @@ def test_v2_payload_resolution_job_type_alias_and_absent_values():
     payload["type"] = None  # only job_type left, in its v2 spelling
     payload["config"]["resolution"] = "576x1024"
     job = parse_job(encode_element("v2", payload), PRESETS)
-    assert job.type == "video_fast" and (job.width, job.height) == (576, 1024)
+    assert job.type == "video_fast" and (job.width, job.height) == (480, 832)  # 9:16 at Wan's 480p area
+    assert job.requested_size == (576, 1024)
     assert job.steps == PRESETS.types["video_fast"]["steps"]
 
 
@@ -157,3 +158,34 @@ def test_unsafe_job_id_is_not_trusted():
 def test_decode_rejects_deep_garbage():
     with pytest.raises(BadPayload):
         decode_element(json.dumps([json.dumps([1, 2])]))
+
+
+@pytest.mark.parametrize("resolution, made", [("1024x576", (832, 480)), ("576x1024", (480, 832)),
+                                              ("1024x1024", (624, 624))])
+def test_v2_video_resolution_picks_the_aspect_at_the_presets_area(resolution, made):
+    payload = build_payload("v2", "video_high", "waves", user_id=USER, job_id="job-9", resolution=resolution)
+    job = parse_job(encode_element("v2", payload), PRESETS)
+    assert (job.width, job.height) == made and job.width % 16 == 0 and job.height % 16 == 0
+    assert job.requested_size == tuple(int(v) for v in resolution.split("x"))
+    assert job.width * job.height <= PRESETS.types["video_high"]["native_area"]
+
+
+def test_explicit_sizes_stay_as_asked_and_sdxl_resolution_is_exact():
+    v1 = parse_job(build_payload("v1", "video_fast", "waves", user_id=USER, job_id="job-10"), PRESETS)
+    assert (v1.width, v1.height) == (480, 832) and v1.requested_size == (480, 832)
+    sdxl = parse_job(build_payload("v2", "sdxl_image_fast", "a fox", user_id=USER, job_id="job-11",
+                                   resolution="1024x576"), PRESETS)
+    assert (sdxl.width, sdxl.height) == (1024, 576)
+    fixed = parse_job(build_payload("v2", "video_fast", "waves", user_id=USER, job_id="job-12",
+                                    resolution="1024x576"), PRESETS, policy="preset")
+    assert (fixed.width, fixed.height) == (480, 832) and fixed.requested_size is None
+
+
+def test_video_reference_frames_carry_no_denoise():
+    payload = build_payload("v2", "video_fast", "a walk", user_id=USER, job_id="job-13")
+    payload["metadata"].update({"video_reference_mode": "both", "start_reference_url": "s.png",
+                                "end_reference_url": "e.png", "denoise_strength": 0.5})
+    job = parse_job(payload, PRESETS)
+    assert job.pipeline == "video" and job.references.video_reference_mode == "both"
+    assert job.references.denoise_strength is None
+

@@ -109,7 +109,8 @@ class WANEngine(Engine):
         frames = 1 if job.media == "image" else valid_frame_count(job.frames)
         width, height = valid_side(job.width), valid_side(job.height)
         facts: dict = {"original_prompt": job.prompt, "final_prompt": job.prompt, "enhancement_strategy": "none",
-                       "requested_frames": job.frames, "requested_size": [job.width, job.height]}
+                       "requested_frames": job.frames,
+                       "requested_size": list(job.requested_size or (job.width, job.height))}
         prompt = job.prompt
         if job.enhance_prompt:
             prompt, facts["enhancement_strategy"] = self._enhance(job)
