@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shared import keys
+from shared.prompt_weights import WeightsError, normalize_weights, weighted_prompt
 
 try:  # Python 3.11+
     import tomllib
@@ -116,13 +117,20 @@ class Job:
     pipeline: str = "txt2img"  # txt2img | img2img | video
     references: References = field(default_factory=References)
     compel_enabled: bool = False
-    compel_weights: Any = None
+    compel_weights: str | None = None  # Compel syntax, applied only when compel_enabled
     requested_size: tuple[int, int] | None = None  # the size the payload asked for, if it gave one
     content_type: str | None = None
     character_id: str | None = None
     model_variant: str | None = None
     created_at: str | None = None
     payload: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def encoder_prompt(self) -> str:
+        """The text the text encoder reads: the prompt, with the Compel weights when they apply."""
+        if self.compel_enabled and self.compel_weights:
+            return weighted_prompt(self.prompt, self.compel_weights)
+        return self.prompt
 
     def image_seeds(self) -> list[int]:
         """Image i of a job uses seed + i, so every image can be reproduced on its own."""
@@ -364,6 +372,7 @@ def parse_job(raw: Any, presets: Presets, policy: str = "payload") -> Job:
     if not prompt.strip() and not (references.image_url or references.start_url or references.end_url):
         raise JobError("invalid_parameter", "prompt is empty and there is no reference image", job_id=job_id)
 
+    compel_enabled, compel_weights = _compel(payload, config, metadata, job_id)
     return Job(
         id=job_id,
         type=job_type,
@@ -388,8 +397,8 @@ def parse_job(raw: Any, presets: Presets, policy: str = "payload") -> Job:
         enhance_prompt=_flag(_first(config.get("enhance_prompt"), preset.get("enhance_prompt"))),
         pipeline=pipeline,
         references=references,
-        compel_enabled=_flag(payload.get("compel_enabled")),
-        compel_weights=payload.get("compel_weights"),
+        compel_enabled=compel_enabled,
+        compel_weights=compel_weights,
         requested_size=requested_size,
         content_type=_optional_text(payload, "content_type"),
         character_id=_optional_text(payload, "character_id"),
@@ -409,6 +418,24 @@ def native_size(width: int, height: int, area: int) -> tuple[int, int]:
     short = max(16, round(math.sqrt(area / ratio) / 16) * 16)
     long = max(short, min(round(short * ratio / 16) * 16, (area // short) // 16 * 16))
     return (long, short) if width >= height else (short, long)
+
+
+def _compel(payload: dict, config: dict, metadata: dict, job_id: str) -> tuple[bool, str | None]:
+    """compel_enabled and compel_weights, wherever the era put them (top level, config or metadata).
+
+    Weights apply when Compel is enabled in any of those places (one backend era sets it in
+    `config` and leaves the top level false); a payload that sends weights and says nothing of
+    `compel_enabled` is taken to want them.
+    """
+    said = [v for v in (payload.get("compel_enabled"), config.get("compel_enabled"), metadata.get("compel_enabled"))
+            if v is not None]
+    try:
+        weights = normalize_weights(_first(payload.get("compel_weights"), config.get("compel_weights"),
+                                           metadata.get("compel_weights")))
+    except WeightsError as exc:
+        raise JobError("invalid_parameter", str(exc), job_id=job_id) from None
+    enabled = any(_flag(v) for v in said) if said else weights is not None
+    return enabled, weights
 
 
 def _optional_text(payload: dict, key: str) -> str | None:

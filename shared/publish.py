@@ -78,9 +78,13 @@ def job_metadata(job: Job, result: JobResult | None = None) -> dict[str, Any]:
         "width": job.width,
         "height": job.height,
         "original_prompt": job.prompt,
-        "final_prompt": job.prompt,
+        "final_prompt": job.encoder_prompt,  # what the text encoder read (Compel weights joined)
         "enhancement_strategy": "none",
     }
+    if job.engine == "sdxl":
+        meta["compel_enabled"] = job.compel_enabled
+        if job.compel_enabled and job.compel_weights:
+            meta["compel_weights"] = job.compel_weights
     if job.requested_size is not None:
         meta["requested_size"] = list(job.requested_size)
     if job.media == "video" or job.engine == "wan":

@@ -189,3 +189,33 @@ def test_video_reference_frames_carry_no_denoise():
     assert job.pipeline == "video" and job.references.video_reference_mode == "both"
     assert job.references.denoise_strength is None
 
+
+@pytest.mark.parametrize("where", ["top", "config", "metadata"])
+@pytest.mark.parametrize("weights, compel_text", [
+    ("(masterpiece:1.2), (best quality:1.3)", "(masterpiece)1.2, (best quality)1.3"),
+    ("(sharp)1.1 detailed++", "(sharp)1.1 detailed++"),
+    ({"portrait": 1.2, "detailed": 1.1}, "(portrait)1.2, (detailed)1.1"),
+    ('{"portrait": 1.2}', "(portrait)1.2"),
+    (["(a:1.5)", "b"], "(a)1.5, b"),
+])
+def test_compel_weights_in_every_shape_become_compel_syntax(where, weights, compel_text):
+    payload = build_payload("v1", "sdxl_image_fast", "a fox", user_id=USER, job_id="job-14")
+    payload.update({"compel_enabled": None, "compel_weights": None})
+    target = {"top": payload, "config": payload["config"], "metadata": payload["metadata"]}[where]
+    target.update({"compel_enabled": True, "compel_weights": weights})
+    job = parse_job(payload, PRESETS)
+    assert job.compel_enabled and job.compel_weights == compel_text
+    assert job.encoder_prompt == f"a fox {compel_text}"
+
+
+def test_compel_flags_and_bad_weights():
+    payload = build_payload("v2", "sdxl_image_fast", "a fox", user_id=USER, job_id="job-15")
+    payload.update({"compel_enabled": False, "compel_weights": "(red:1.5)"})
+    off = parse_job(payload, PRESETS)
+    assert not off.compel_enabled and off.encoder_prompt == "a fox"  # switched off: the plain prompt
+    del payload["compel_enabled"]
+    assert parse_job(payload, PRESETS).encoder_prompt == "a fox (red)1.5"  # weights alone imply Compel
+    payload["compel_weights"] = {"red": "very"}
+    with pytest.raises(JobError) as err:
+        parse_job(payload, PRESETS)
+    assert err.value.error_type == "invalid_parameter" and "weight of 'red' must be a number" in err.value.message

@@ -12,6 +12,7 @@ from PIL import Image
 from shared.contract import JobError, load_presets, parse_job
 from shared.fetch import ReferenceFetcher
 from shared.payloads import build_payload, push
+from shared.publish import job_metadata
 from shared.settings import DEFAULT_PRESETS, Settings
 from shared.storage import FileStorage
 from tests.helpers import running_worker
@@ -146,6 +147,37 @@ def test_every_scheduler_the_readme_lists_runs_a_job(engine, name):
     result = engine.run([engine.prepare(job(seed=2, config={"scheduler": name}))], Ctx())[0]
     assert not isinstance(result, JobError), result
     assert result.items[0].image.size == (64, 64) and result.metadata["scheduler"] == normalize_scheduler(name)
+
+
+def test_compel_weights_are_joined_to_the_prompt_and_read_by_compel(engine):
+    weights = "(red fur:1.6), (snow)0.5"
+    weighted = engine.run([engine.prepare(job(seed=3, top={"compel_enabled": True, "compel_weights": weights}))],
+                          Ctx())[0]
+    unweighted = engine.run([engine.prepare(job(seed=3, top={"compel_enabled": True, "compel_weights": None}))],
+                            Ctx())[0]
+    typed = engine.run([engine.prepare(job("a red fox (red fur)1.6, (snow)0.5", seed=3,
+                                           top={"compel_enabled": True}))], Ctx())[0]
+    assert not np.array_equal(pixels(weighted), pixels(unweighted))  # the weights change the image
+    assert np.array_equal(pixels(weighted), pixels(typed))  # exactly as if written into the prompt
+    with_weights = job(seed=3, top={"compel_enabled": True, "compel_weights": weights})
+    assert job_metadata(with_weights, weighted)["final_prompt"] == "a red fox (red fur)1.6, (snow)0.5"
+    plain = job(seed=3, top={"compel_enabled": True})
+    assert job_metadata(plain, unweighted)["final_prompt"] == "a red fox"  # no weights: the plain prompt
+    disabled = job(seed=3, top={"compel_enabled": False, "compel_weights": weights})
+    assert job_metadata(disabled)["final_prompt"] == "a red fox" and "compel_weights" not in job_metadata(disabled)
+
+
+def test_compel_weights_apply_to_img2img_and_in_the_v1_config_shape(engine):
+    engine.test_store.put("user-library", "u/w.png", png_bytes((64, 64), (30, 160, 90)), "image/png")
+    reference = {"reference_image_url": "user-library/u/w.png", "reference_strength": 0.2}
+
+    def edit(**compel):
+        return engine.run([engine.prepare(job(seed=6, metadata=reference, config=compel))], Ctx())[0]
+
+    weighted = edit(compel_enabled=True, compel_weights="(blue sky:1.7)")
+    plain = edit(compel_enabled=True)
+    assert weighted.items[0].metadata["reference_resize"] == "cover"
+    assert not np.array_equal(pixels(weighted), pixels(plain))
 
 
 def test_unknown_scheduler_and_bad_size_fail_before_the_gpu(engine):

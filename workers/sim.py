@@ -88,7 +88,7 @@ class SimEngine(Engine):
                         image = Image.fromarray(draw_frame(seed, job.width, job.height))
                         items.append(ImageOutput(image=image, seed=seed, metadata=meta))
                     self._simulate_gpu(job, ctx, started, index, job.num_images)
-                results.append(JobResult(job=job, items=items, metadata={"final_prompt": job.prompt}))
+                results.append(JobResult(job=job, items=items))
             except JobError as exc:
                 results.append(exc)
         return results

@@ -155,7 +155,7 @@ class SDXLEngine(Engine):
         images: list[_Image] = []
         for job in jobs:
             try:
-                embeddings = self.encoder.encode(job.prompt, job.negative_prompt, job.compel_enabled)
+                embeddings = self.encoder.encode(job.encoder_prompt, job.negative_prompt, job.compel_enabled)
             except Exception as exc:  # a Compel syntax error, say: this job only
                 failures[job.id] = JobError("invalid_parameter", f"prompt could not be encoded: {exc}")
                 continue
