@@ -15,8 +15,9 @@ from typing import Any
 import redis
 
 from shared import keys
-from shared.contract import Era
-from shared.queue import longest_block, push_end, remove_queued
+from shared.admin import remove_queued
+from shared.job import Era
+from shared.queue import longest_block, push_end
 
 
 def request_reply(client: redis.Redis, era: Era, kind: str, body: dict[str, Any], timeout: float = 30.0) -> dict | None:

@@ -1,50 +1,24 @@
-"""What an engine is to the runtime: `setup(device)` once, then `run(batch) -> results`.
+"""What an engine is to the runtime: `setup(device)` once, then `run(inputs, ctx) -> outcomes`.
 
-An engine knows nothing of Redis, HTTP or buckets. It gets parsed `Job`s and a `RunContext`
-to report progress and to learn, between steps, that a job was cancelled or ran out of time.
+An engine only computes. It gets model-facing inputs (`shared.inputs`), never a payload, a queue
+or a bucket; it imports no Redis, HTTP, storage, callback or fetch module (import-linter checks
+this, see pyproject.toml); and it keeps nothing about a job once `run` returns. A `RunContext`
+lets it report progress and learn, between steps, that an input must stop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
-from PIL import Image
-
-from shared.contract import Job, JobError
-
-
-@dataclass
-class ImageOutput:
-    image: Image.Image
-    seed: int
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class VideoOutput:
-    frames: np.ndarray | list[Image.Image]  # (T, H, W, 3) uint8, or PIL frames
-    fps: int
-    seed: int
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class JobResult:
-    """Everything one job produced, plus job-level callback metadata (final_prompt, …)."""
-
-    job: Job
-    items: list[ImageOutput | VideoOutput]
-    metadata: dict[str, Any] = field(default_factory=dict)
+from shared.errors import JobError
 
 
 class RunContext(Protocol):
-    def check(self, job: Job) -> None:
-        """Raise JobError('cancelled' | 'timeout' | 'shutdown') if `job` must stop now."""
+    def check(self, item: Any) -> None:
+        """Raise JobError('cancelled' | 'timeout' | 'shutdown') if this input must stop now."""
 
-    def progress(self, job: Job, step: int, total: int) -> None:
+    def progress(self, item: Any, step: int, total: int) -> None:
         """Report progress; the runtime throttles what reaches the backend."""
 
 
@@ -52,37 +26,33 @@ class Engine:
     """Base class: override `setup` and `run`; the rest has sensible defaults."""
 
     name: str = "engine"
-    queues: tuple[str, ...] = ()
-    job_types: tuple[str, ...] | None = None  # None: every type routed to its queues
-    max_batch_images: int = 1  # images (or videos) per run() call
-    announce_function: str | None = None  # backend function told this worker's RunPod URL, if any
+    max_batch_images: int = 1  # outputs per run() call
+    batch_wait_ms: int | None = None  # how long a batch waits for company; None: the fleet's BATCH_WAIT_MS
 
     def setup(self, device: str) -> None:
         """Load weights and warm up; the worker reports ready only after this returns."""
 
-    def prepare(self, job: Job) -> Job:
-        """Work that can run ahead of the GPU (reference downloads). Runs on the claim thread."""
-        return job
-
-    def batch_key(self, job: Job) -> Hashable | None:
-        """Jobs with equal keys may share one run() call; None means this job runs alone."""
+    def batch_key(self, item: Any) -> Hashable | None:
+        """Inputs with equal keys may share one run() call; None means this input runs alone."""
         return None
 
-    def cost(self, job: Job) -> int:
-        return job.num_images
+    def cost(self, item: Any) -> int:
+        """How much of `max_batch_images` this input takes (images or videos it makes)."""
+        return getattr(item, "count", 1)
 
-    def run(self, jobs: list[Job], ctx: RunContext) -> list[JobResult | JobError]:
+    def run(self, items: list[Any], ctx: RunContext) -> list[Any | JobError]:
+        """One outcome per input, in order: a result, or the JobError that input ended with."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": self.name, "queues": list(self.queues), "max_batch_images": self.max_batch_images}
+        return {"engine": self.name, "max_batch_images": self.max_batch_images}
 
 
 class NoStops:
-    """A run context that never stops a job and drops progress (benchmarks, the serverless handler)."""
+    """A run context that never stops an input and drops progress (benchmarks, the serverless handler)."""
 
-    def check(self, job: Job) -> None:
+    def check(self, item: Any) -> None:
         pass
 
-    def progress(self, job: Job, step: int, total: int) -> None:
+    def progress(self, item: Any, step: int, total: int) -> None:
         pass

@@ -1,8 +1,11 @@
 """A local stand-in for the Supabase backend: Storage REST and the job-callback function.
 
-For tests, the fleet benchmark and trying the fleet without a cloud account. It records every
-stored object and every callback, verifies the callback HMAC the way the backend does (401 on a
-missing or wrong signature), and can add latency or fail the next N requests of a kind.
+Not part of a production worker: it is the embedded default that `scripts/demo.sh` and
+`ourvidz-worker bench fleet` run against, so the fleet can be tried without a cloud account (the
+tests use it too). It records every stored object and every callback, verifies the callback HMAC
+the way the backend does (401 on a missing or wrong signature), and can add latency or fail the
+next N requests of a kind. A small stdlib server is enough for that; workers serve HTTP with
+uvicorn (shared/http.py).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from typing import Any
 from urllib.parse import unquote
 
 from shared.callback import verify
-from shared.http import send_json
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -84,7 +86,12 @@ class LocalBackend:
             protocol_version = "HTTP/1.1"
 
             def _reply(self, status: int, body: Any):
-                send_json(self, status, body)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def _faulted(self, faults: Faults) -> bool:
                 if faults.latency:

@@ -11,8 +11,8 @@ from typing import Any
 
 from shared import media
 from shared.callback import Asset
-from shared.contract import Era, Job
-from shared.engine import ImageOutput, JobResult, VideoOutput
+from shared.inputs import Generated, ImageOutput, VideoOutput
+from shared.job import Era, Job
 from shared.storage import BucketPolicy, Uploader
 
 
@@ -20,8 +20,9 @@ def object_prefix(job: Job) -> str:
     return f"{job.user_id}/{job.id}"
 
 
-def publish(result: JobResult, era: Era, uploader: Uploader, policy: BucketPolicy) -> list[Asset]:
-    job = result.job
+def publish(result: Generated, job: Job, era: Era, uploader: Uploader, policy: BucketPolicy,
+            asset_facts: dict[str, Any] | None = None) -> list[Asset]:
+    """Encode every output, upload it and its thumbnail, and describe each as a callback asset."""
     bucket = job.bucket(era)
     prefix = object_prefix(job)
     assets: list[Asset] = []
@@ -61,12 +62,13 @@ def publish(result: JobResult, era: Era, uploader: Uploader, policy: BucketPolic
             "size_bytes": len(data),
         })
         meta.update(_reference_facts(job))
+        meta.update(asset_facts or {})
         meta.update(item.metadata)
         assets.append(Asset(type=kind, key=key, thumbnail_key=thumbnail_key, metadata=meta))
     return assets
 
 
-def job_metadata(job: Job, result: JobResult | None = None) -> dict[str, Any]:
+def job_metadata(job: Job, result: Generated | None = None, facts: dict[str, Any] | None = None) -> dict[str, Any]:
     """The callback's job-level metadata fields, as the backend reads them."""
     meta: dict[str, Any] = {
         "job_type": job.type,
@@ -91,6 +93,7 @@ def job_metadata(job: Job, result: JobResult | None = None) -> dict[str, Any]:
         meta["frame_num"] = job.frames
         meta["fps"] = job.fps
     meta.update(_reference_facts(job))
+    meta.update(facts or {})
     if result is not None:
         meta.update(result.metadata)
     return meta

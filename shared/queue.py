@@ -1,13 +1,14 @@
-"""At-least-once job queue on plain Redis lists: no job is ever lost.
+"""The Redis queues as a source: raw elements moved and leased, never parsed. No job is ever lost.
 
 - claim: `BLMOVE` from the backend's queue (from the end that makes the era FIFO) into this
-  worker's processing list, so a job is always in exactly one list.
+  worker's processing list, so an element is always in exactly one list.
+- attempts: counted per element (its SHA-1, so nothing is parsed) in the same atomic step that
+  returns it to the queue: a reaped job (its worker died) or a job given back for a retry. A
+  claim reads the count; a job past MAX_ATTEMPTS is dead-lettered.
 - lease: a key with an expiry that the heartbeat renews; while it exists the worker is alive.
-- reap: any worker moves the processing lists of a worker whose lease has expired back to the
-  queue (a crash, kill -9, a lost pod).
-- attempts: counted per job at claim; past MAX_ATTEMPTS the job is dead-lettered.
-- finish: the job leaves its processing list in the same transaction that records its result
-  (and, if the callback could not be delivered yet, hands the callback to the outbox).
+- reap: any worker moves the processing lists of a worker whose lease expired back to the queue.
+- finish: the element leaves its processing list in the same transaction that records the
+  job's result (and, when the callback could not be delivered yet, hands it to the outbox).
 """
 
 from __future__ import annotations
@@ -21,7 +22,20 @@ from typing import Any
 import redis
 
 from shared import keys
-from shared.contract import Era, decode_element, peek_job_id
+from shared.job import Era
+
+SOCKET_TIMEOUT = 15.0  # seconds; every blocking command waits less than its client's socket timeout
+
+# Return every element of a processing list to its queue, charging each one an attempt.
+_RETURN_ALL = """
+local returned = 0
+while true do
+  local element = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', ARGV[1])
+  if not element then return returned end
+  redis.call('HINCRBY', KEYS[3], redis.sha1hex(element), 1)
+  returned = returned + 1
+end
+"""
 
 
 def pop_end(era: Era) -> str:
@@ -33,13 +47,9 @@ def push_end(era: Era) -> str:
     return "LEFT" if era == "v1" else "RIGHT"
 
 
-def job_key_of(raw: str) -> str:
-    """The id attempts are counted under: the job id, or a digest when the payload has none."""
-    try:
-        job_id = peek_job_id(decode_element(raw))
-    except Exception:  # unparseable payloads are still counted, by content
-        job_id = None
-    return job_id or "raw:" + hashlib.sha1(raw.encode("utf-8", "replace")).hexdigest()
+def element_key(raw: str) -> str:
+    """What attempts are counted under: the element's SHA-1 (what Redis's `sha1hex` computes)."""
+    return hashlib.sha1(raw.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -50,11 +60,8 @@ class Claimed:
     queue: str
     processing_key: str
     attempt_key: str
-    attempts: int
+    attempts: int  # this attempt's number: 1 the first time
     claimed_at: float
-
-
-SOCKET_TIMEOUT = 15.0  # seconds; every blocking command waits less than its client's socket timeout
 
 
 def connect(url: str, socket_timeout: float = SOCKET_TIMEOUT) -> redis.Redis:
@@ -101,6 +108,7 @@ class JobQueue:
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self._rotation = 0
+        self._return_all = client.register_script(_RETURN_ALL)
 
     # ------------------------------------------------------------------- life of a worker
 
@@ -140,13 +148,12 @@ class JobQueue:
         return list(self.redis.scan_iter(match=f"{keys.PREFIX}processing:{worker}:*", count=100))
 
     def reap_worker(self, worker: str) -> int:
-        """Move a worker's held jobs back to the front of their queues, one atomic LMOVE each."""
+        """Move a worker's held jobs back to the front of their queues, charging each an attempt."""
         returned = 0
         prefix = f"{keys.PREFIX}processing:{worker}:"
         for pkey in self._processing_keys_of(worker):
-            queue = pkey[len(prefix):]
-            while self.redis.lmove(pkey, queue, "RIGHT", pop_end(self.era)) is not None:
-                returned += 1
+            returned += int(self._return_all(keys=[pkey, pkey[len(prefix):], keys.ATTEMPTS],
+                                             args=[pop_end(self.era)]))
         return returned
 
     # ------------------------------------------------------------------------- claiming
@@ -171,9 +178,9 @@ class JobQueue:
         return self._claimed(raw, queue) if raw is not None else None
 
     def _claimed(self, raw: str, queue: str) -> Claimed:
-        attempt_key = job_key_of(raw)
-        attempts = int(self.redis.hincrby(keys.ATTEMPTS, attempt_key, 1))
-        return Claimed(raw, queue, keys.processing(self.worker_id, queue), attempt_key, attempts, time.time())
+        attempt_key = element_key(raw)
+        earlier = int(self.redis.hget(keys.ATTEMPTS, attempt_key) or 0)
+        return Claimed(raw, queue, keys.processing(self.worker_id, queue), attempt_key, earlier + 1, time.time())
 
     def over_attempts(self, claimed: Claimed) -> bool:
         return claimed.attempts > self.max_attempts
@@ -184,56 +191,46 @@ class JobQueue:
 
     # ------------------------------------------------------------------------ finishing
 
-    def finish(
-        self,
-        claimed: Claimed,
-        result: dict[str, Any] | None = None,
-        result_ttl: int = 7 * 86400,
-        outbox_member: str | None = None,
-    ) -> bool:
+    def finish(self, claimed: Claimed, job_id: str | None = None, result: dict[str, Any] | None = None,
+               result_ttl: int = 7 * 86400, outbox_member: str | None = None) -> bool:
         """The job is done (its terminal callback accepted or in the outbox): let go of it."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.lrem(claimed.processing_key, 1, claimed.raw)
         pipe.hdel(keys.ATTEMPTS, claimed.attempt_key)
-        if result is not None and not claimed.attempt_key.startswith("raw:"):
-            pipe.set(keys.result(claimed.attempt_key), json.dumps(result), ex=result_ttl)
+        if result is not None and job_id is not None:
+            pipe.set(keys.result(job_id), json.dumps(result), ex=result_ttl)
         if outbox_member is not None:
             pipe.zadd(keys.OUTBOX, {outbox_member: time.time()})
         removed = pipe.execute()[0]
         return bool(removed)
 
     def requeue(self, claimed: Claimed, count_attempt: bool = False) -> None:
-        """Give a job back untouched (shutdown, or a transient failure) to be claimed next."""
+        """Give a job back untouched to be claimed next: after a transient failure (the attempt
+        counts) or at shutdown (it does not: not the job's fault)."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.lrem(claimed.processing_key, 1, claimed.raw)
-        if pop_end(self.era) == "RIGHT":
-            pipe.rpush(claimed.queue, claimed.raw)
-        else:
-            pipe.lpush(claimed.queue, claimed.raw)
-        if not count_attempt:
-            pipe.hincrby(keys.ATTEMPTS, claimed.attempt_key, -1)
+        (pipe.rpush if pop_end(self.era) == "RIGHT" else pipe.lpush)(claimed.queue, claimed.raw)
+        if count_attempt:
+            pipe.hincrby(keys.ATTEMPTS, claimed.attempt_key, 1)
         pipe.execute()
 
-    def dead_letter(self, claimed: Claimed, reason: str, outbox_member: str | None = None) -> None:
-        record = {
-            "job_id": None if claimed.attempt_key.startswith("raw:") else claimed.attempt_key,
-            "queue": claimed.queue,
-            "raw": claimed.raw,
-            "reason": reason,
-            "attempts": claimed.attempts,
-            "worker_id": self.worker_id,
-            "at": time.time(),
-        }
+    def dead_letter(self, claimed: Claimed, reason: str, job_id: str | None = None,
+                    outbox_member: str | None = None, result: dict[str, Any] | None = None,
+                    result_ttl: int = 7 * 86400) -> None:
+        record = {"job_id": job_id, "queue": claimed.queue, "raw": claimed.raw, "reason": reason,
+                  "attempts": claimed.attempts, "worker_id": self.worker_id, "at": time.time()}
         pipe = self.redis.pipeline(transaction=True)
         pipe.lrem(claimed.processing_key, 1, claimed.raw)
         pipe.lpush(keys.DEAD_LETTER, json.dumps(record))
         pipe.hdel(keys.ATTEMPTS, claimed.attempt_key)
+        if result is not None and job_id is not None:
+            pipe.set(keys.result(job_id), json.dumps(result), ex=result_ttl)
         if outbox_member is not None:
             pipe.zadd(keys.OUTBOX, {outbox_member: time.time()})
         pipe.execute()
 
 
-# ------------------------------------------------------------------ operator-side helpers
+# ------------------------------------------------------------------------- cancellation
 
 
 def request_cancel(client: redis.Redis, job_id: str, ttl: int = 86400) -> None:
@@ -242,56 +239,3 @@ def request_cancel(client: redis.Redis, job_id: str, ttl: int = 86400) -> None:
 
 def is_cancelled(client: redis.Redis, job_id: str) -> bool:
     return bool(client.exists(keys.cancel(job_id)))
-
-
-def remove_queued(client: redis.Redis, queue: str, job_id: str) -> str | None:
-    """Take a not-yet-claimed job out of a queue; returns its element, or None if it is not there."""
-    for raw in client.lrange(queue, 0, -1):
-        if job_key_of(raw) == job_id and client.lrem(queue, 1, raw):
-            return raw
-    return None
-
-
-def dead_letters(client: redis.Redis, start: int = 0, end: int = -1) -> list[dict[str, Any]]:
-    return [json.loads(r) for r in client.lrange(keys.DEAD_LETTER, start, end)]
-
-
-def requeue_dead_letter(client: redis.Redis, era: Era, job_id: str | None = None) -> int:
-    """Put dead-lettered jobs (one, or all when job_id is None) back on their queues, attempts reset."""
-    moved = 0
-    for record_text in client.lrange(keys.DEAD_LETTER, 0, -1):
-        record = json.loads(record_text)
-        if job_id is not None and record.get("job_id") != job_id:
-            continue
-        pipe = client.pipeline(transaction=True)
-        pipe.lrem(keys.DEAD_LETTER, 1, record_text)
-        if push_end(era) == "LEFT":
-            pipe.lpush(record["queue"], record["raw"])
-        else:
-            pipe.rpush(record["queue"], record["raw"])
-        pipe.hdel(keys.ATTEMPTS, job_key_of(record["raw"]))
-        if record.get("job_id"):
-            pipe.delete(keys.result(record["job_id"]))
-        removed = pipe.execute()[0]
-        moved += int(bool(removed))
-    return moved
-
-
-def queue_report(client: redis.Redis, queues: tuple[str, ...]) -> dict[str, Any]:
-    workers = sorted(client.smembers(keys.WORKERS))
-    in_flight: dict[str, int] = {}
-    alive: dict[str, bool] = {}
-    for worker in workers:
-        alive[worker] = bool(client.exists(keys.lease(worker)))
-        total = 0
-        for pkey in client.scan_iter(match=f"{keys.PREFIX}processing:{worker}:*", count=100):
-            total += client.llen(pkey)
-        in_flight[worker] = total
-    return {
-        "queues": {q: client.llen(q) for q in queues},
-        "in_flight": in_flight,
-        "workers_alive": alive,
-        "dead_letters": client.llen(keys.DEAD_LETTER),
-        "outbox": client.zcard(keys.OUTBOX),
-        "callbacks_rejected": client.llen(keys.CALLBACK_REJECTED),
-    }

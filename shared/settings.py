@@ -1,4 +1,9 @@
-"""Configuration from the environment (12-factor). Every knob a deployment turns lives here."""
+"""Configuration from the environment (12-factor): one pydantic-settings tree, every knob a deployment turns.
+
+`Settings` holds the fleet-wide values and one branch per engine (`settings.sdxl`, `.wan`,
+`.chat`, from shared/engine_settings.py). Secrets are fields (SecretStr), read here and nowhere
+else, so the log redactor knows all of them.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from urllib.parse import quote, urlparse
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.engine_settings import ChatSettings, SDXLSettings, WANSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PRESETS = REPO_ROOT / "configs" / "presets.toml"
@@ -60,6 +67,13 @@ class Settings(BaseSettings):
     worker_id: str = Field(default_factory=default_worker_id, validation_alias="WORKER_ID")
     health_port: int | None = Field(default=None, validation_alias="HEALTH_PORT")
     log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
+    aws_secret_access_key: SecretStr | None = Field(default=None, validation_alias="AWS_SECRET_ACCESS_KEY")
+    hf_token: SecretStr | None = Field(default=None, validation_alias="HF_TOKEN")
+
+    # The engines' branches, each read from its own prefix (SDXL_*, WAN_*, CHAT_*).
+    sdxl: SDXLSettings = Field(default_factory=SDXLSettings, validation_alias="OURVIDZ_SDXL_SETTINGS")
+    wan: WANSettings = Field(default_factory=WANSettings, validation_alias="OURVIDZ_WAN_SETTINGS")
+    chat: ChatSettings = Field(default_factory=ChatSettings, validation_alias="OURVIDZ_CHAT_SETTINGS")
 
     @field_validator("worker_id")
     @classmethod
@@ -108,17 +122,12 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every secret this process knows, so the log redactor can scrub them from any text."""
-        values = [
-            s.get_secret_value()
-            for s in (self.upstash_redis_rest_token, self.supabase_service_key, self.job_callback_secret)
-            if s is not None
-        ]
+        secrets = (self.upstash_redis_rest_token, self.supabase_service_key, self.job_callback_secret,
+                   self.aws_secret_access_key, self.hf_token, self.chat.chat_api_key, self.chat.wan_api_key)
+        values = [s.get_secret_value() for s in secrets if s is not None]
         password = urlparse(self.effective_redis_url).password
         if password:
             values.append(password)
-        for name in ("CHAT_WORKER_API_KEY", "WAN_WORKER_API_KEY", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"):
-            if os.environ.get(name):
-                values.append(os.environ[name])
         return [v for v in values if len(v) >= 4]
 
 

@@ -6,13 +6,13 @@ import threading
 import time
 from contextlib import contextmanager
 
-from shared.runtime import Worker
+from workers.registry import build_worker
 from workers.sim import SimEngine
 
 
 @contextmanager
 def running_worker(settings, engine=None, **kwargs):
-    worker = Worker(engine or SimEngine(gpu_seconds=0.05), settings, install_signal_handlers=False, **kwargs)
+    worker = build_worker(engine or SimEngine(gpu_seconds=0.05), settings, install_signal_handlers=False, **kwargs)
     exit_codes = []
     thread = threading.Thread(target=lambda: exit_codes.append(worker.run()), daemon=True)
     thread.start()

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from shared import keys
-from shared.payloads import build_payload, push
+from tests.backend_payloads import build_payload, push
 from tests.test_crash import start_worker
 
 

@@ -12,26 +12,41 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from shared import keys
 from shared.chat_client import request_enhancement, request_reply
-from tests.helpers import wait_until
-from workers.chat.api import ChatAPI
-from workers.chat.config import ChatSettings
+from shared.engine_settings import ChatSettings
+from shared.settings import Settings
+from tests.conftest import TEST_REDIS_URL
+from tests.helpers import running_worker, wait_until
 from workers.chat.conversation import BadRequest, fit_to_context, messages_from_request
+from workers.chat.engine import ChatEngine
 from workers.chat.generator import Request, TextGenerator
-from workers.chat.service import ChatService
-from workers.chat.worker import ChatQueueConsumer, run_chat_worker
+from workers.registry import build_worker
 
 CHAT_KEY, WAN_KEY = "chat-key-0123456789", "wan-key-9876543210"
 
 
+class ChatServer:
+    """A chat worker (the fleet's runtime, HTTP source only) on a thread, and where it listens."""
+
+    def __init__(self, tiny_chat, **chat_values):
+        values = dict(chat_api_key=CHAT_KEY, wan_api_key=WAN_KEY, max_batch=8, batch_wait_ms=30, consume_queue=False)
+        values.update(chat_values)
+        chat = ChatSettings(**values)
+        settings = Settings(redis_url=TEST_REDIS_URL, worker_id="chat-test", chat=chat)
+        self.engine = ChatEngine(str(tiny_chat), chat)
+        self.worker = build_worker(self.engine, settings, health_port=0, install_signal_handlers=False)
+        self.thread = threading.Thread(target=self.worker.run, daemon=True)
+        self.thread.start()
+        wait_until(lambda: self.worker.state == "ready" and self.worker.http is not None, 60)
+        self.port = self.worker.http.port
+
+    def stop(self):
+        self.worker.stop(grace=5)
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()
+
+
 def start_api(tiny_chat, **settings):
-    values = dict(chat_api_key=CHAT_KEY, wan_api_key=WAN_KEY, max_batch=8, batch_wait_ms=30)
-    values.update(settings)
-    chat = ChatSettings(**values)
-    service = ChatService(chat, str(tiny_chat), "cpu")
-    service.load()
-    api = ChatAPI(service, chat, "chat-test", host="127.0.0.1", port=0).start()
-    api.state = "ready"
-    return api
+    return ChatServer(tiny_chat, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +54,6 @@ def api(tiny_chat):
     server = start_api(tiny_chat)
     yield server
     server.stop()
-    server.service.close()
 
 
 def post(api, path, body, key=CHAT_KEY, raw=None):
@@ -93,7 +107,6 @@ def test_unauthenticated_enhance_can_be_switched_off(tiny_chat):
         assert post(strict, "/enhance", {"prompt": "a cat", "max_tokens": 2}, key=WAN_KEY).status_code == 200
     finally:
         strict.stop()
-        strict.service.close()
 
 
 def test_bad_requests_get_clear_4xx_and_never_crash_the_server(api):
@@ -132,7 +145,6 @@ def test_a_long_conversation_is_trimmed_to_the_context(tiny_chat):
         assert body["success"] and body["dropped_messages"] > 0 and body["prompt_tokens"] + 8 <= 200
     finally:
         small.stop()
-        small.service.close()
 
 
 def test_batched_greedy_output_equals_single_output(tiny_chat):
@@ -152,11 +164,11 @@ def test_batched_greedy_output_equals_single_output(tiny_chat):
 
 
 def test_concurrent_requests_are_decoded_together_and_seeds_reproduce(api):
-    before = len(api.service.models["qwen_instruct"].batcher.batch_sizes)
+    before = len(api.engine.batch_sizes)
     bodies = [{"message": f"question {i}", "max_tokens": 6, "temperature": 0.9, "seed": 42} for i in range(6)]
     with ThreadPoolExecutor(6) as pool:
         first = list(pool.map(lambda b: post(api, "/chat", b).json()["response"], bodies))
-    sizes = api.service.models["qwen_instruct"].batcher.batch_sizes[before:]
+    sizes = api.engine.batch_sizes[before:]
     assert max(sizes) > 1
     again = [post(api, "/chat", b).json()["response"] for b in bodies[:2]]
     assert again == first[:2]
@@ -164,11 +176,8 @@ def test_concurrent_requests_are_decoded_together_and_seeds_reproduce(api):
 
 def test_queued_requests_and_the_request_reply_helper(tiny_chat, make_settings, redis_client):
     settings = make_settings()
-    chat = ChatSettings(max_batch=4, batch_wait_ms=20)
-    service = ChatService(chat, str(tiny_chat), "cpu")
-    service.load()
-    consumer = ChatQueueConsumer(service, settings, chat, redis_client).start()
-    try:
+    engine = ChatEngine(str(tiny_chat), ChatSettings(max_batch=4, batch_wait_ms=20))
+    with running_worker(settings, engine=engine, health_port=0) as worker:
         enhanced = request_enhancement(redis_client, "v1", "a dog on a beach", "video7b_fast_enhanced", timeout=20)
         assert isinstance(enhanced, str) and enhanced
         reply = request_reply(redis_client, "v1", "chat", {"message": "hi", "max_tokens": 3}, timeout=20)
@@ -176,10 +185,8 @@ def test_queued_requests_and_the_request_reply_helper(tiny_chat, make_settings, 
         bad = request_reply(redis_client, "v1", "translate", {"text": "hi"}, timeout=20)
         assert bad == {"id": bad["id"], "success": False, "error": "chat_queue job type must be chat or enhance, got 'translate'"}
         assert redis_client.llen(keys.CHAT_QUEUE) == 0
-        assert redis_client.llen(keys.processing(settings.worker_id, keys.CHAT_QUEUE)) == 0
-    finally:
-        consumer.stop()
-        service.close()
+        wait_until(lambda: redis_client.llen(keys.processing(settings.worker_id, keys.CHAT_QUEUE)) == 0, 10)
+        assert worker.counts["completed"] == 2 and worker.counts["failed"] == 1  # the same metrics as every queue
 
 
 def test_enhancement_times_out_to_none_and_takes_its_request_back(redis_client):
@@ -218,7 +225,6 @@ def test_base_model_is_served_on_request_when_configured(tiny_chat):
         assert hub["model"] == "qwen_base" and "model_note" not in hub
     finally:
         both.stop()
-        both.service.close()
 
 
 def test_on_runpod_the_worker_announces_its_url(tiny_chat, make_settings, backend, monkeypatch):
@@ -226,23 +232,14 @@ def test_on_runpod_the_worker_announces_its_url(tiny_chat, make_settings, backen
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    stop = threading.Event()
-    codes = []
-    thread = threading.Thread(target=lambda: codes.append(run_chat_worker(
-        str(tiny_chat), "cpu", make_settings(), ChatSettings(consume_queue=False), port=port,
-        install_signal_handlers=False, stop_event=stop)), daemon=True)
-    thread.start()
-    try:
+    engine = ChatEngine(str(tiny_chat), ChatSettings(consume_queue=False))
+    with running_worker(make_settings(), engine=engine, health_port=port):
         wait_until(lambda: backend.function_calls, 30)
         name, body, auth = backend.function_calls[0]
         assert name == "register-chat-worker"
         assert body == {"worker_url": f"https://abc123-{port}.proxy.runpod.net", "auto_registered": True}
         assert auth == "Bearer test-service-key"
         assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-    assert codes == [0]
 
 
 def test_bench_chat_compares_batched_and_single_on_equal_work(tiny_chat):
@@ -311,6 +308,6 @@ def test_selecting_vllm_without_it_installed_fails_clearly(tiny_chat, monkeypatc
     import sys
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
-    service = ChatService(ChatSettings(backend="vllm"), str(tiny_chat), "cpu")
+    engine = ChatEngine(str(tiny_chat), ChatSettings(backend="vllm"))
     with pytest.raises(RuntimeError, match="CHAT_BACKEND=vllm but the vllm package is not installed"):
-        service.load()
+        engine.setup("cpu")

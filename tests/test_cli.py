@@ -64,7 +64,7 @@ def test_cancel_an_unknown_or_running_job_sets_the_flag(cli_env, redis_client, c
 def test_dlq_list_and_requeue(cli_env, redis_client, capsys):
     redis_client.lpush(keys.SDXL_QUEUE, json.dumps({"id": "j-dead", "type": "sdxl_image_fast"}))
     queue = JobQueue(redis_client, "w", keys.JOB_QUEUES, "v1")
-    queue.dead_letter(queue.claim(0), "testing")
+    queue.dead_letter(queue.claim(0), "testing", job_id="j-dead")
     assert main(["dlq", "list"]) == 0
     assert _out(capsys)[0]["job_id"] == "j-dead"
     assert main(["dlq", "requeue"]) == 2
@@ -94,12 +94,12 @@ def test_doctor_reports_one_line_per_check(cli_env, redis_client, backend, capsy
 
 
 def test_submit_wait_prints_the_result(cli_env, redis_client, capsys):
-    from shared.runtime import Worker
     from shared.settings import Settings
+    from workers.registry import build_worker
     from workers.sim import SimEngine
 
     settings = Settings(worker_id="cli-wait")
-    worker = Worker(SimEngine(gpu_seconds=0.01), settings, max_jobs=1, install_signal_handlers=False)
+    worker = build_worker(SimEngine(gpu_seconds=0.01), settings, max_jobs=1, install_signal_handlers=False)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     code = main(["submit", "sdxl_image_fast", "a fox", "--size", "64x64", "--steps", "2", "--wait", "--timeout", "30"])

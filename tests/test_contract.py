@@ -4,8 +4,8 @@ import pytest
 
 from shared import keys
 from shared.contract import BadPayload, JobError, decode_element, load_presets, parse_job
-from shared.payloads import build_payload, encode_element
 from shared.settings import DEFAULT_PRESETS
+from tests.backend_payloads import build_payload, encode_element
 
 PRESETS = load_presets(str(DEFAULT_PRESETS))
 USER = "3f8a9c1e-0000-4000-8000-00000000abcd"

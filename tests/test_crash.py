@@ -7,7 +7,7 @@ import sys
 import time
 
 from shared import keys
-from shared.payloads import build_payload, push
+from tests.backend_payloads import build_payload, push
 from tests.conftest import TEST_REDIS_URL
 from tests.helpers import wait_until
 

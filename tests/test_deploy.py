@@ -11,12 +11,10 @@ import pytest
 import yaml
 from pydantic import AliasChoices
 
+from shared.engine_settings import ChatSettings, SDXLSettings, WANSettings
 from shared.settings import REPO_ROOT, Settings
-from workers.chat.config import ChatSettings
 from workers.cli import build_parser
 from workers.doctor import check_pod_budgets
-from workers.sdxl.config import SDXLSettings
-from workers.wan.config import WANSettings
 
 DOCKERFILES = sorted(REPO_ROOT.glob("Dockerfile.*"))
 # Names the platform or the images themselves read, beside the fleet's own settings.
@@ -146,7 +144,7 @@ def test_runpod_template_and_start_script():
 
 
 def test_serverless_handler_runs_a_backend_payload_through_an_engine(make_settings, backend):
-    from shared.payloads import build_payload, encode_element
+    from tests.backend_payloads import build_payload, encode_element
     from workers.serverless import ServerlessRunner
     from workers.sim import SimEngine
 
@@ -185,12 +183,17 @@ def test_fetch_models_offline_says_so_in_one_line(monkeypatch, tmp_path, capsys)
 
 
 def test_video_worker_announces_its_url_on_runpod(make_settings, redis_client, backend, monkeypatch):
+    from dataclasses import replace
+
     from tests.helpers import running_worker, wait_until
+    from workers.registry import ENGINES
     from workers.sim import SimEngine
 
     class VideoSim(SimEngine):
-        announce_function = "update-worker-url"
+        name = "videosim"
 
+    # A sim engine registered the way the WAN engine is: it announces to update-worker-url.
+    monkeypatch.setitem(ENGINES, "videosim", replace(ENGINES["sim"], name="videosim", announce="update-worker-url"))
     monkeypatch.setenv("RUNPOD_POD_ID", "pod42")
     with running_worker(make_settings(), engine=VideoSim(), health_port=0) as worker:
         wait_until(lambda: backend.function_calls, 15)

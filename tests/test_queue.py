@@ -2,14 +2,9 @@ import json
 import time
 
 from shared import keys
-from shared.payloads import build_payload, push
-from shared.queue import (
-    JobQueue,
-    dead_letters,
-    queue_report,
-    remove_queued,
-    requeue_dead_letter,
-)
+from shared.admin import dead_letters, job_id_of, queue_report, remove_queued, requeue_dead_letter
+from shared.queue import JobQueue, element_key
+from tests.backend_payloads import build_payload, push
 
 
 def _push(client, era, n, job_type="sdxl_image_fast"):
@@ -22,7 +17,7 @@ def _push(client, era, n, job_type="sdxl_image_fast"):
 
 
 def _claimed_id(claimed):
-    return claimed.attempt_key
+    return job_id_of(claimed.raw)  # the queue itself never reads the payload
 
 
 def test_v1_and_v2_are_both_first_in_first_out(redis_client):
@@ -41,9 +36,9 @@ def test_claim_moves_the_element_verbatim_into_the_processing_list(redis_client)
     assert claimed.raw == original and claimed.attempts == 1
     assert redis_client.llen(keys.SDXL_QUEUE) == 0
     assert redis_client.lrange(keys.processing("w1", keys.SDXL_QUEUE), 0, -1) == [original]
-    assert queue.finish(claimed, {"status": "completed"})
+    assert queue.finish(claimed, "job-v2-0", {"status": "completed"})
     assert redis_client.llen(keys.processing("w1", keys.SDXL_QUEUE)) == 0
-    assert json.loads(redis_client.get(keys.result(claimed.attempt_key)))["status"] == "completed"
+    assert json.loads(redis_client.get(keys.result("job-v2-0")))["status"] == "completed"
 
 
 def test_claim_blocks_until_a_job_arrives(redis_client):
@@ -98,7 +93,7 @@ def test_over_attempts_and_dead_letter_round_trip(redis_client):
     queue.requeue(claimed, count_attempt=True)
     claimed = queue.claim(0)
     assert queue.over_attempts(claimed)
-    queue.dead_letter(claimed, "gave up")
+    queue.dead_letter(claimed, "gave up", job_id="job-v1-0")
     records = dead_letters(redis_client)
     assert records[0]["job_id"] == "job-v1-0" and records[0]["reason"] == "gave up"
     assert redis_client.llen(keys.processing("w1", keys.SDXL_QUEUE)) == 0
@@ -107,11 +102,22 @@ def test_over_attempts_and_dead_letter_round_trip(redis_client):
     assert queue.claim(0).attempts == 1  # a requeued dead letter starts over
 
 
-def test_unparseable_elements_are_counted_by_content(redis_client):
+def test_elements_are_counted_by_content_without_being_parsed(redis_client):
     redis_client.lpush(keys.SDXL_QUEUE, "{{{not json")
     queue = JobQueue(redis_client, "w1", keys.JOB_QUEUES, "v1")
     claimed = queue.claim(0)
-    assert claimed.attempt_key.startswith("raw:") and claimed.attempts == 1
+    assert claimed.attempt_key == element_key("{{{not json") and claimed.attempts == 1
+
+
+def test_a_reaped_job_is_charged_its_attempt_in_the_same_step_that_returns_it(redis_client):
+    """Redis computes the element's SHA-1 itself: the count it keeps matches the one claims read."""
+    _push(redis_client, "v2", 1)
+    dead = JobQueue(redis_client, "gone", keys.JOB_QUEUES, "v2")
+    held = dead.claim(0)
+    assert redis_client.hget(keys.ATTEMPTS, held.attempt_key) is None  # a claim charges nothing yet
+    assert JobQueue(redis_client, "live", keys.JOB_QUEUES, "v2").reap_worker("gone") == 1
+    assert redis_client.hget(keys.ATTEMPTS, held.attempt_key) == "1"
+    assert JobQueue(redis_client, "live", keys.JOB_QUEUES, "v2").claim(0).attempts == 2
 
 
 def test_remove_queued_takes_out_only_that_job(redis_client):

@@ -6,10 +6,12 @@ import pytest
 from PIL import Image
 
 from shared import keys
+from shared.admin import dead_letters
 from shared.media import probe_mp4
-from shared.payloads import build_payload, push
-from shared.queue import dead_letters, request_cancel
+from shared.queue import element_key, request_cancel
+from tests.backend_payloads import build_payload, encode_element, push
 from tests.helpers import running_worker, wait_until
+from workers.registry import build_worker
 from workers.sim import SimEngine
 
 
@@ -225,24 +227,20 @@ def test_health_and_metrics(make_settings, redis_client, backend):
 
 
 def test_engine_setup_failure_reports_failed_and_exits_nonzero(make_settings, redis_client):
-    from shared.runtime import Worker
-
     class NoModel(SimEngine):
         def setup(self, device):
             raise FileNotFoundError("model.safetensors")
 
-    worker = Worker(NoModel(), make_settings(), install_signal_handlers=False)
+    worker = build_worker(NoModel(), make_settings(), install_signal_handlers=False)
     assert worker.run() == 1 and worker.state == "failed"
 
 
 @pytest.mark.parametrize("era", ["v1", "v2"])
 def test_max_jobs_exits_after_that_many_and_leaves_the_rest(make_settings, redis_client, backend, era):
-    from shared.runtime import Worker
-
     for _ in range(3):
         submit(redis_client, era)
-    worker = Worker(SimEngine(gpu_seconds=0.01), make_settings(contract=era, prefetch_jobs=0), max_jobs=2,
-                    install_signal_handlers=False)
+    worker = build_worker(SimEngine(gpu_seconds=0.01), make_settings(contract=era, prefetch_jobs=0), max_jobs=2,
+                          install_signal_handlers=False)
     assert worker.run() == 0
     assert len(backend.terminal_callbacks()) == 2
     assert redis_client.llen(keys.SDXL_QUEUE) == 1
@@ -250,8 +248,9 @@ def test_max_jobs_exits_after_that_many_and_leaves_the_rest(make_settings, redis
 
 def test_a_job_that_keeps_killing_its_worker_is_dead_lettered_with_a_failed_callback(make_settings, redis_client, backend):
     job = submit(redis_client, "v2")
-    # Three earlier claims died with their worker (kill -9 after claiming, each time).
-    redis_client.hset(keys.ATTEMPTS, job["id"], 3)
+    # Three earlier claims died with their worker (kill -9 after claiming, each time): the reaper
+    # charged the element (counted by its content, never parsed) three attempts.
+    redis_client.hset(keys.ATTEMPTS, element_key(encode_element("v2", job)), 3)
     with running_worker(make_settings(contract="v2", max_attempts=3)):
         callbacks = backend.wait_for_terminal(1)
         wait_until(lambda: dead_letters(redis_client))
@@ -284,8 +283,6 @@ def test_an_ack_that_redis_refuses_is_retried_by_the_keeper(make_settings, redis
 
 
 def test_a_worker_stopped_before_it_starts_exits_cleanly_without_claiming(make_settings, redis_client, backend):
-    from shared.runtime import Worker
-
     class CountingSetup(SimEngine):
         setups = 0
 
@@ -293,7 +290,7 @@ def test_a_worker_stopped_before_it_starts_exits_cleanly_without_claiming(make_s
             CountingSetup.setups += 1
 
     submit(redis_client, "v1")
-    worker = Worker(CountingSetup(), make_settings(), install_signal_handlers=False)
+    worker = build_worker(CountingSetup(), make_settings(), install_signal_handlers=False)
     worker.stop(grace=0)
     assert worker.run() == 0
     assert CountingSetup.setups == 0 and redis_client.llen(keys.SDXL_QUEUE) == 1
@@ -320,24 +317,32 @@ def test_a_deterministic_engine_error_fails_the_job_at_once(make_settings, redis
     assert dead_letters(redis_client) == [] and redis_client.llen(keys.SDXL_QUEUE) == 0
 
 
-def test_a_deterministic_prepare_error_fails_at_once_and_a_lost_connection_is_retried(make_settings, redis_client,
-                                                                                       backend):
-    prepared = []
+def test_a_deterministic_decode_error_fails_at_once_and_a_lost_connection_is_retried(make_settings, redis_client,
+                                                                                      backend, monkeypatch):
+    from dataclasses import replace
+
+    from shared.decode import plan_as_given
+    from workers.registry import ENGINES
+
+    planned = []
+
+    def flaky_planner(job, tools):  # decode, ahead of the GPU: reference downloads and the like
+        planned.append(job.prompt)
+        if job.prompt == "typo":
+            raise TypeError("plan() got an unexpected keyword argument")
+        if job.prompt == "network" and planned.count("network") == 1:
+            raise ConnectionError("connection reset by peer")
+        return plan_as_given(job, tools)
 
     class Flaky(SimEngine):
-        def prepare(self, job):
-            prepared.append(job.prompt)
-            if job.prompt == "typo":
-                raise TypeError("prepare() got an unexpected keyword argument")
-            if job.prompt == "network" and prepared.count("network") == 1:
-                raise ConnectionError("connection reset by peer")
-            return job
+        name = "flaky"
 
+    monkeypatch.setitem(ENGINES, "flaky", replace(ENGINES["sim"], name="flaky", planner=flaky_planner))
     typo, network = submit(redis_client, "v1", prompt="typo"), submit(redis_client, "v1", prompt="network")
     with running_worker(make_settings(max_attempts=3), engine=Flaky()):
         callbacks = {c["job_id"]: c for c in backend.wait_for_terminal(2)}
-    assert prepared.count("typo") == 1 and callbacks[typo["id"]]["metadata"]["error_type"] == "internal_error"
-    assert prepared.count("network") == 2 and callbacks[network["id"]]["status"] == "completed"
+    assert planned.count("typo") == 1 and callbacks[typo["id"]]["metadata"]["error_type"] == "internal_error"
+    assert planned.count("network") == 2 and callbacks[network["id"]]["status"] == "completed"
 
 
 def test_v2_video_resolution_is_an_aspect_ratio_at_the_models_area(make_settings, redis_client, backend):

@@ -10,14 +10,17 @@ import torch
 from PIL import Image
 
 from shared.contract import JobError, load_presets, parse_job
+from shared.decode import Plan, PlanTools
+from shared.engine_settings import SDXLSettings
 from shared.fetch import ReferenceFetcher
-from shared.payloads import build_payload, push
 from shared.publish import job_metadata
 from shared.settings import DEFAULT_PRESETS, Settings
 from shared.storage import FileStorage
+from tests.backend_payloads import build_payload, push
 from tests.helpers import running_worker
-from workers.sdxl.config import SDXLSettings
+from tests.single_file import save_ldm_checkpoint
 from workers.sdxl.engine import SDXLEngine
+from workers.sdxl.plan import plan_sdxl
 from workers.sdxl.schedulers import normalize_scheduler
 from workers.sdxl.tiny import make_tiny_sdxl
 
@@ -47,11 +50,23 @@ def tiny_sdxl(tmp_path_factory):
 @pytest.fixture(scope="session")
 def engine(tiny_sdxl, tmp_path_factory):
     store = FileStorage(tmp_path_factory.mktemp("refs"))
-    fetcher = ReferenceFetcher(Settings(reference_allowed_hosts="127.0.0.1", reference_allow_private=True), store)
-    sdxl = SDXLEngine(str(tiny_sdxl), SDXLSettings(max_batch_images=6), fetcher=fetcher)
+    sdxl = SDXLEngine(str(tiny_sdxl), SDXLSettings(max_batch_images=6))
     sdxl.setup("cpu")
     sdxl.test_store = store
+    sdxl.test_fetcher = ReferenceFetcher(Settings(reference_allowed_hosts="127.0.0.1", reference_allow_private=True),
+                                         store)
     return sdxl
+
+
+def decode(sdxl, j) -> Plan:
+    """What the runtime does ahead of the GPU: the job planned for the model, references fetched."""
+    fetcher = getattr(sdxl, "test_fetcher", None)
+    return plan_sdxl(j, PlanTools(fetch_image=fetcher.fetch_image if fetcher else None, engine=sdxl))
+
+
+def prepare(sdxl, j):
+    """The engine's input for a job."""
+    return decode(sdxl, j).input
 
 
 def job(prompt="a red fox", era="v1", **kwargs):
@@ -79,10 +94,10 @@ def png_bytes(size, color):
 
 
 def test_same_seed_same_image_and_image_i_uses_seed_plus_i(engine):
-    a = engine.run([engine.prepare(job(seed=5, num_images=3))], Ctx())[0]
-    b = engine.run([engine.prepare(job(seed=6))], Ctx())[0]
-    c = engine.run([engine.prepare(job(seed=5))], Ctx())[0]
-    again = engine.run([engine.prepare(job(seed=5))], Ctx())[0]
+    a = engine.run([prepare(engine, job(seed=5, num_images=3))], Ctx())[0]
+    b = engine.run([prepare(engine, job(seed=6))], Ctx())[0]
+    c = engine.run([prepare(engine, job(seed=5))], Ctx())[0]
+    again = engine.run([prepare(engine, job(seed=5))], Ctx())[0]
     assert [item.seed for item in a.items] == [5, 6, 7]
     assert np.array_equal(pixels(c), pixels(again))  # the same call is bit-exact
     assert np.allclose(pixels(a, 0), pixels(c), atol=2)  # another batch shape: float tolerance
@@ -91,22 +106,25 @@ def test_same_seed_same_image_and_image_i_uses_seed_plus_i(engine):
 
 
 def test_batched_jobs_get_the_images_they_would_get_alone(engine):
-    jobs = [engine.prepare(job(f"prompt number {i}", seed=100 * i, num_images=n)) for i, n in enumerate((1, 3, 2))]
+    jobs = [prepare(engine, job(f"prompt number {i}", seed=100 * i, num_images=n)) for i, n in enumerate((1, 3, 2))]
     assert len({engine.batch_key(j) for j in jobs}) == 1
     batched = engine.run(jobs, Ctx())
     for j, together in zip(jobs, batched, strict=True):
-        alone = engine.run([engine.prepare(j)], Ctx())[0]
-        assert len(together.items) == j.num_images
-        for i in range(j.num_images):
+        alone = engine.run([j], Ctx())[0]
+        assert len(together.items) == j.count
+        for i in range(j.count):
             assert np.allclose(pixels(together, i), pixels(alone, i), atol=2)
 
 
 def test_single_file_checkpoint_gives_the_same_images_as_the_folder(engine, tiny_sdxl):
-    single = SDXLEngine(str(tiny_sdxl / "single_file" / "tiny-sdxl.safetensors"),
-                        SDXLSettings(config_dir=str(tiny_sdxl), warmup=False))
+    from diffusers import StableDiffusionXLPipeline
+
+    folder = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl, local_files_only=True)
+    checkpoint = save_ldm_checkpoint(folder, tiny_sdxl.parent / "single-file" / "tiny-sdxl.safetensors")
+    single = SDXLEngine(str(checkpoint), SDXLSettings(config_dir=str(tiny_sdxl), warmup=False))
     single.setup("cpu")
     j = job(seed=9)
-    assert np.array_equal(pixels(single.run([single.prepare(j)], Ctx())[0]), pixels(engine.run([engine.prepare(j)], Ctx())[0]))
+    assert np.array_equal(pixels(single.run([prepare(single, j)], Ctx())[0]), pixels(engine.run([prepare(engine, j)], Ctx())[0]))
 
 
 def test_missing_config_for_a_single_file_says_what_to_set(tmp_path):
@@ -118,16 +136,16 @@ def test_missing_config_for_a_single_file_says_what_to_set(tmp_path):
 
 def test_long_prompts_are_not_cut_at_77_tokens(engine):
     filler = "a very detailed painting of a quiet harbour at dusk, " * 4  # about 200 tokens
-    cat = engine.run([engine.prepare(job(filler + "with a cat", seed=1))], Ctx())[0]
-    dog = engine.run([engine.prepare(job(filler + "with a dog", seed=1))], Ctx())[0]
+    cat = engine.run([prepare(engine, job(filler + "with a cat", seed=1))], Ctx())[0]
+    dog = engine.run([prepare(engine, job(filler + "with a dog", seed=1))], Ctx())[0]
     assert cat.metadata["prompt_chunks"] >= 3
     assert not np.array_equal(pixels(cat), pixels(dog))  # the words past token 77 matter
 
 
 def test_compel_weights_change_the_image_and_only_when_enabled(engine):
-    weighted = engine.run([engine.prepare(job("a (red)1.8 fox", seed=3, top={"compel_enabled": True}))], Ctx())[0]
-    plain_syntax = engine.run([engine.prepare(job("a (red)1.8 fox", seed=3))], Ctx())[0]
-    unweighted = engine.run([engine.prepare(job("a red fox", seed=3, top={"compel_enabled": True}))], Ctx())[0]
+    weighted = engine.run([prepare(engine, job("a (red)1.8 fox", seed=3, top={"compel_enabled": True}))], Ctx())[0]
+    plain_syntax = engine.run([prepare(engine, job("a (red)1.8 fox", seed=3))], Ctx())[0]
+    unweighted = engine.run([prepare(engine, job("a red fox", seed=3, top={"compel_enabled": True}))], Ctx())[0]
     assert weighted.metadata["compel"] is True
     assert not np.array_equal(pixels(weighted), pixels(unweighted))
     assert not np.array_equal(pixels(weighted), pixels(plain_syntax))
@@ -144,18 +162,18 @@ def readme_scheduler_names() -> list[str]:
 
 @pytest.mark.parametrize("name", readme_scheduler_names())
 def test_every_scheduler_the_readme_lists_runs_a_job(engine, name):
-    result = engine.run([engine.prepare(job(seed=2, config={"scheduler": name}))], Ctx())[0]
+    result = engine.run([prepare(engine, job(seed=2, config={"scheduler": name}))], Ctx())[0]
     assert not isinstance(result, JobError), result
     assert result.items[0].image.size == (64, 64) and result.metadata["scheduler"] == normalize_scheduler(name)
 
 
 def test_compel_weights_are_joined_to_the_prompt_and_read_by_compel(engine):
     weights = "(red fur:1.6), (snow)0.5"
-    weighted = engine.run([engine.prepare(job(seed=3, top={"compel_enabled": True, "compel_weights": weights}))],
+    weighted = engine.run([prepare(engine, job(seed=3, top={"compel_enabled": True, "compel_weights": weights}))],
                           Ctx())[0]
-    unweighted = engine.run([engine.prepare(job(seed=3, top={"compel_enabled": True, "compel_weights": None}))],
+    unweighted = engine.run([prepare(engine, job(seed=3, top={"compel_enabled": True, "compel_weights": None}))],
                             Ctx())[0]
-    typed = engine.run([engine.prepare(job("a red fox (red fur)1.6, (snow)0.5", seed=3,
+    typed = engine.run([prepare(engine, job("a red fox (red fur)1.6, (snow)0.5", seed=3,
                                            top={"compel_enabled": True}))], Ctx())[0]
     assert not np.array_equal(pixels(weighted), pixels(unweighted))  # the weights change the image
     assert np.array_equal(pixels(weighted), pixels(typed))  # exactly as if written into the prompt
@@ -172,37 +190,37 @@ def test_compel_weights_apply_to_img2img_and_in_the_v1_config_shape(engine):
     reference = {"reference_image_url": "user-library/u/w.png", "reference_strength": 0.2}
 
     def edit(**compel):
-        return engine.run([engine.prepare(job(seed=6, metadata=reference, config=compel))], Ctx())[0]
+        return engine.run([prepare(engine, job(seed=6, metadata=reference, config=compel))], Ctx())[0]
 
     weighted = edit(compel_enabled=True, compel_weights="(blue sky:1.7)")
     plain = edit(compel_enabled=True)
-    assert weighted.items[0].metadata["reference_resize"] == "cover"
     assert not np.array_equal(pixels(weighted), pixels(plain))
 
 
 def test_unknown_scheduler_and_bad_size_fail_before_the_gpu(engine):
     with pytest.raises(JobError, match="unknown scheduler"):
-        engine.prepare(job(config={"scheduler": "magic"}))
+        prepare(engine, job(config={"scheduler": "magic"}))
     with pytest.raises(JobError, match="multiples of 8"):
-        engine.prepare(job(width=100))
+        prepare(engine, job(width=100))
 
 
 def test_img2img_from_a_storage_key_with_compel(engine):
     engine.test_store.put("user-library", "u/ref.png", png_bytes((128, 96), (250, 120, 0)), "image/png")
-    j = engine.prepare(job(seed=4, top={"compel_enabled": True},
-                           metadata={"reference_image_url": "user-library/u/ref.png", "reference_strength": 0.4}))
-    assert j.pipeline == "img2img" and j.references.denoise_strength == pytest.approx(0.6)
+    plan = decode(engine, job(seed=4, top={"compel_enabled": True},
+                              metadata={"reference_image_url": "user-library/u/ref.png", "reference_strength": 0.4}))
+    j = plan.input
+    assert j.pipeline == "img2img" and j.denoise_strength == pytest.approx(0.6) and j.compel
     result = engine.run([j], Ctx())[0]
     assert result.items[0].image.size == (64, 64)
-    assert result.items[0].metadata == {"reference_resize": "cover", "reference_original_size": [128, 96]}
+    assert plan.asset_facts == {"reference_resize": "cover", "reference_original_size": [128, 96]}
 
 
 def test_exact_copy_keeps_the_reference_framing_and_runs_at_least_one_step(engine):
     engine.test_store.put("user-library", "u/wide.png", png_bytes((200, 100), (0, 90, 200)), "image/png")
     raw = job("", era="v2", seed=4, steps=10, width=128, height=128, reference_image_url="user-library/u/wide.png",
               metadata={"exact_copy_mode": True})
-    j = engine.prepare(raw)
-    assert j.guidance_scale == 1.0 and j.negative_prompt == "" and j.references.denoise_strength == 0.05
+    j = prepare(engine, raw)
+    assert j.guidance_scale == 1.0 and j.negative_prompt == "" and j.denoise_strength == 0.05
     assert j.width / j.height == pytest.approx(2.0, rel=0.15) and j.width % 8 == 0
     assert j.steps >= 20  # 20 steps x 0.05 denoise = one real step
     ctx = Ctx()
@@ -212,7 +230,7 @@ def test_exact_copy_keeps_the_reference_framing_and_runs_at_least_one_step(engin
 
 
 def test_a_cancelled_job_leaves_its_batch_mates_alone(engine):
-    keep, drop = engine.prepare(job("keep", seed=1)), engine.prepare(job("drop", seed=2))
+    keep, drop = prepare(engine, job("keep", seed=1)), prepare(engine, job("drop", seed=2))
     results = engine.run([keep, drop], Ctx(cancel={drop.id}))
     assert len(results[0].items) == 1
     assert isinstance(results[1], JobError) and results[1].error_type == "cancelled"
@@ -235,15 +253,15 @@ class OOMEngine(SDXLEngine):
 def test_out_of_memory_splits_the_batch_and_keeps_every_image(tiny_sdxl, engine):
     oom = OOMEngine(str(tiny_sdxl), SDXLSettings(warmup=False), fits=2)
     oom.setup("cpu")
-    jobs = [oom.prepare(job(f"p{i}", seed=10 * i, num_images=3)) for i in range(2)]
+    jobs = [prepare(oom, job(f"p{i}", seed=10 * i, num_images=3)) for i in range(2)]
     results = oom.run(jobs, Ctx())
     assert oom.calls[0] == 6  # all six images tried together first
     assert sum(n for n in oom.calls if n <= 2) == 6  # then every image made in calls that fit
     for j, result in zip(jobs, results, strict=True):
-        alone = engine.run([engine.prepare(j)], Ctx())[0]
+        alone = engine.run([j], Ctx())[0]
         assert all(np.allclose(pixels(result, i), pixels(alone, i), atol=2) for i in range(3))
     oom.fits = 0
-    failed = oom.run([oom.prepare(job(seed=1))], Ctx())[0]
+    failed = oom.run([prepare(oom, job(seed=1))], Ctx())[0]
     assert isinstance(failed, JobError) and failed.error_type == "out_of_memory" and "64x64" in failed.message
 
 
@@ -257,8 +275,7 @@ def test_end_to_end_through_redis(era, engine, make_settings, redis_client, back
                                   reference_image_url="https://metadata.internal.example/latest.png")
     for payload in (text, img2img, bad_reference):
         push(redis_client, era, payload)
-    engine.fetcher = ReferenceFetcher(Settings(supabase_url=backend.url, reference_allow_private=True))
-    with running_worker(make_settings(contract=era), engine=engine):
+    with running_worker(make_settings(contract=era, reference_allow_private=True), engine=engine):
         callbacks = {c["job_id"]: c for c in backend.wait_for_terminal(3, timeout=60)}
     refused = callbacks[bad_reference["id"]]
     assert refused["status"] == "failed" and refused["metadata"]["error_type"] == "reference_error"

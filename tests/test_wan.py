@@ -7,18 +7,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shared.chat_client import request_enhancement
 from shared.contract import JobError, load_presets, parse_job
+from shared.decode import Decoder, Plan
+from shared.engine_settings import ChatSettings, WANSettings
 from shared.fetch import ReferenceFetcher
 from shared.media import probe_mp4
-from shared.payloads import build_payload, push
-from shared.queue import connect, socket_timeout_of
+from shared.queue import socket_timeout_of
 from shared.settings import DEFAULT_PRESETS, Settings
+from tests.backend_payloads import build_payload, push
 from tests.helpers import running_worker
-from workers.chat.config import ChatSettings
-from workers.chat.service import ChatService
-from workers.chat.worker import ChatQueueConsumer
-from workers.wan.config import WANSettings
-from workers.wan.engine import WANEngine, valid_frame_count, valid_side
+from workers.chat.engine import ChatEngine
+from workers.wan.engine import WANEngine
+from workers.wan.plan import plan_wan, valid_frame_count, valid_side
 from workers.wan.tiny import make_tiny_wan
 
 PRESETS = load_presets(str(DEFAULT_PRESETS))
@@ -47,10 +48,35 @@ def tiny_vace(tmp_path_factory):
 
 
 def engine_for(model, backend=None, redis_client=None, **config):
-    fetcher = ReferenceFetcher(Settings(supabase_url=backend.url, reference_allow_private=True)) if backend else None
-    engine = WANEngine(str(model), WANSettings(warmup=False, **config), fetcher=fetcher, redis_client=redis_client)
+    engine = WANEngine(str(model), WANSettings(warmup=False, **config))
     engine.setup("cpu")
+    fetcher = ReferenceFetcher(Settings(supabase_url=backend.url, reference_allow_private=True)) if backend else None
+
+    def enhance(prompt, job_type):
+        return request_enhancement(redis_client, "v1", prompt, job_type, engine.config.enhance_timeout_seconds)
+
+    # Decode as the runtime wires it (shared/decode.py): the WAN planner, references, enhancement.
+    engine.test_decoder = Decoder(PRESETS, "payload", plan_wan, engine,
+                                  fetch_image=fetcher.fetch_image if fetcher else None,
+                                  enhance=enhance if redis_client is not None else None)
     return engine
+
+
+def decode(engine, job) -> Plan:
+    return engine.test_decoder.plan(job)
+
+
+def prepare(engine, job):
+    return decode(engine, job).input
+
+
+def generate(engine, job, ctx=None):
+    """Decode then run: the result, with the callback facts decode added to its metadata."""
+    plan = decode(engine, job)
+    result = engine.run([plan.input], ctx or Ctx())[0]
+    if not isinstance(result, JobError):
+        result.metadata = {**plan.facts, **result.metadata}
+    return plan, result
 
 
 def wan_job(job_type="video_fast", era="v1", metadata=None, **kwargs):
@@ -80,11 +106,11 @@ def test_sides_become_multiples_of_16(requested, valid):
 
 def test_video_job_reports_the_frames_it_made_and_same_seed_same_video(tiny_wan):
     engine = engine_for(tiny_wan)
-    job = engine.prepare(wan_job(frames=11, width=72, height=64, seed=3))
-    assert (job.frames, job.width, job.height) == (9, 64, 64)
     ctx = Ctx()
-    first = engine.run([job], ctx)[0]
-    again = engine.run([engine.prepare(wan_job(frames=11, width=72, height=64, seed=3))], Ctx())[0]
+    plan, first = generate(engine, wan_job(frames=11, width=72, height=64, seed=3), ctx)
+    job = plan.input
+    assert (job.frames, job.width, job.height) == (9, 64, 64)
+    again = engine.run([prepare(engine, wan_job(frames=11, width=72, height=64, seed=3))], Ctx())[0]
     video = first.items[0]
     assert video.frames.shape == (9, 64, 64, 3) and video.fps == 16 and video.seed == 3
     assert np.array_equal(video.frames, again.items[0].frames)
@@ -94,7 +120,7 @@ def test_video_job_reports_the_frames_it_made_and_same_seed_same_video(tiny_wan)
 
 def test_cancellation_between_steps(tiny_wan):
     engine = engine_for(tiny_wan)
-    result = engine.run([engine.prepare(wan_job())], Ctx(cancel=True))[0]
+    result = engine.run([prepare(engine, wan_job())], Ctx(cancel=True))[0]
     assert isinstance(result, JobError) and result.error_type == "cancelled"
 
 
@@ -103,10 +129,10 @@ def test_t2v_model_refuses_references_by_default_or_generates_without_them(tiny_
     job = wan_job(metadata={"start_reference_url": f"{backend.url}/refs/start.png"})
     assert job.references.video_reference_mode == "start"
     with pytest.raises(JobError) as err:
-        engine_for(tiny_wan, backend).prepare(job)
+        prepare(engine_for(tiny_wan, backend), job)
     assert err.value.error_type == "REFERENCE_UNSUPPORTED" and "VACE" in err.value.message
     lenient = engine_for(tiny_wan, backend, reference_policy="t2v")
-    result = lenient.run([lenient.prepare(job)], Ctx())[0]
+    _, result = generate(lenient, job)
     assert result.metadata["reference_mode_applied"] == "none" and result.metadata["reference_mode_requested"] == "start"
 
 
@@ -121,8 +147,7 @@ def test_vace_model_honours_every_reference_mode(tiny_vace, backend, mode, metad
     backend.files["/refs/end.png"] = (200, png((0, 0, 250)), {})
     urls = {"START": f"{backend.url}/refs/start.png", "END": f"{backend.url}/refs/end.png"}
     engine = engine_for(tiny_vace, backend)
-    job = engine.prepare(wan_job(frames=9, metadata={k: urls[v] for k, v in metadata.items()}))
-    result = engine.run([job], Ctx())[0]
+    _, result = generate(engine, wan_job(frames=9, metadata={k: urls[v] for k, v in metadata.items()}))
     assert result.metadata["reference_mode_applied"] == mode
     assert result.items[0].frames.shape == (9, 64, 64, 3)
 
@@ -146,19 +171,20 @@ def test_image_jobs_are_one_frame_pngs_end_to_end(tiny_wan, make_settings, redis
     assert ctype == "image/png" and Image.open(io.BytesIO(data)).size == (64, 64)
 
 
+class SlowChat(ChatEngine):
+    """A chat engine that takes 7 s to answer."""
+
+    def run(self, items, ctx):
+        time.sleep(7)
+        return super().run(items, ctx)
+
+
 def test_enhanced_jobs_use_the_chat_worker_and_report_both_prompts(tiny_wan, tiny_chat, make_settings, redis_client):
-    settings = make_settings()
-    chat = ChatSettings(max_batch=2)
-    service = ChatService(chat, str(tiny_chat), "cpu")
-    service.load()
-    consumer = ChatQueueConsumer(service, settings, chat, redis_client).start()
-    try:
+    chat = ChatEngine(str(tiny_chat), ChatSettings(max_batch=2))
+    with running_worker(make_settings(), engine=chat, health_port=0):
         engine = engine_for(tiny_wan, redis_client=redis_client)
-        job = engine.prepare(wan_job("video7b_fast_enhanced", prompt="a dog", frames=5))
-        result = engine.run([job], Ctx())[0]
-    finally:
-        consumer.stop()
-        service.close()
+        plan, result = generate(engine, wan_job("video7b_fast_enhanced", prompt="a dog", frames=5))
+        job = plan.input
     assert result.metadata["enhancement_strategy"] == "qwen_chat_queue"
     assert result.metadata["original_prompt"] == "a dog" and result.metadata["final_prompt"] == job.prompt
     assert job.prompt and job.prompt != "a dog"
@@ -168,32 +194,22 @@ def test_an_enhancement_slower_than_the_redis_socket_timeout_is_still_used(tiny_
                                                                            redis_client):
     """The chat worker answers after 7 s; the WAN side waits up to 30 s on a client whose socket
     timeout is redis-py's default (5 s): the enhanced prompt must be used, not the raw one."""
-    settings = make_settings()
-    chat = ChatSettings(max_batch=2)
-    service = ChatService(chat, str(tiny_chat), "cpu")
-    service.load()
-    quick = service.enhance
-    service.enhance = lambda body: (time.sleep(7), quick(body))[1]
-    consumer = ChatQueueConsumer(service, settings, chat, connect(settings.effective_redis_url)).start()
-    try:
+    with running_worker(make_settings(), engine=SlowChat(str(tiny_chat), ChatSettings(max_batch=2)), health_port=0):
         engine = engine_for(tiny_wan, redis_client=redis_client, enhance_timeout_seconds=30)
         assert socket_timeout_of(redis_client) == 5  # the library default this test is about
         started = time.monotonic()
-        job = engine.prepare(wan_job("video7b_fast_enhanced", prompt="a slow dog", frames=5))
+        plan = decode(engine, wan_job("video7b_fast_enhanced", prompt="a slow dog", frames=5))
+        job = plan.input
         waited = time.monotonic() - started
-    finally:
-        consumer.stop()
-        service.close()
     assert waited >= 7
-    assert engine.prepared[job.id]["enhancement_strategy"] == "qwen_chat_queue"
+    assert plan.facts["enhancement_strategy"] == "qwen_chat_queue"
     assert job.prompt and job.prompt != "a slow dog"
-    engine.prepared.pop(job.id)
 
 
 def test_enhancement_timeout_falls_back_to_the_original_prompt(tiny_wan, redis_client):
     engine = engine_for(tiny_wan, redis_client=redis_client, enhance_timeout_seconds=1)
-    job = engine.prepare(wan_job("image7b_fast_enhanced", prompt="a fox"))
-    result = engine.run([job], Ctx())[0]
+    plan, result = generate(engine, wan_job("image7b_fast_enhanced", prompt="a fox"))
+    job = plan.input
     assert job.prompt == "a fox"
     assert result.metadata["final_prompt"] == "a fox" and result.metadata["enhancement_strategy"].startswith("none")
 
@@ -212,10 +228,10 @@ def test_out_of_memory_retries_with_vae_tiling_then_fails_clearly(tiny_wan):
         return real(*args, **kwargs)
 
     engine._generate, engine.fail_always = flaky, False
-    result = engine.run([engine.prepare(wan_job())], Ctx())[0]
+    result = engine.run([prepare(engine, wan_job())], Ctx())[0]
     assert calls == [False, True] and result.items
     engine.fail_always = True
-    failed = engine.run([engine.prepare(wan_job())], Ctx())[0]
+    failed = engine.run([prepare(engine, wan_job())], Ctx())[0]
     assert isinstance(failed, JobError) and failed.error_type == "out_of_memory"
 
 
@@ -223,16 +239,16 @@ def test_text_encoder_on_cpu_gives_the_same_video(tiny_wan):
     on_device = engine_for(tiny_wan)
     on_cpu = engine_for(tiny_wan, text_encoder_device="cpu")
     job = wan_job(frames=5, seed=8)
-    a = on_device.run([on_device.prepare(job)], Ctx())[0].items[0].frames
-    b = on_cpu.run([on_cpu.prepare(job)], Ctx())[0].items[0].frames
+    a = on_device.run([prepare(on_device, job)], Ctx())[0].items[0].frames
+    b = on_cpu.run([prepare(on_cpu, job)], Ctx())[0].items[0].frames
     assert np.allclose(a.astype(int), b.astype(int), atol=2)
 
 
 def test_first_block_cache_runs_for_fast_presets_only(tiny_wan):
     engine = engine_for(tiny_wan, cache="first_block")
-    fast = engine.run([engine.prepare(wan_job("video_fast", frames=5))], Ctx())[0]
+    fast = engine.run([prepare(engine, wan_job("video_fast", frames=5))], Ctx())[0]
     assert engine._cache_enabled and fast.items
-    engine.run([engine.prepare(wan_job("video_high", frames=5))], Ctx())
+    engine.run([prepare(engine, wan_job("video_high", frames=5))], Ctx())
     assert not engine._cache_enabled
 
 

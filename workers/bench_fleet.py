@@ -14,18 +14,18 @@ import time
 import uuid
 from typing import Any
 
-from shared.callback import COMPLETED, PROCESSING, build_callback
-from shared.contract import load_presets, parse_job
+from shared.callback import PROCESSING, build_callback
+from shared.deliver import Delivery
 from shared.engine import NoStops
 from shared.localbackend import LocalBackend
 from shared.outbox import CallbackSender
-from shared.payloads import build_payload, encode_element
-from shared.publish import job_metadata, publish
+from shared.presets import load_presets
 from shared.queue import JobQueue, connect
-from shared.runtime import Worker
 from shared.settings import Settings
 from shared.storage import BucketPolicy, SupabaseStorage, Uploader
+from workers.registry import build_worker
 from workers.sim import SimEngine
+from workers.submit import push, submission
 
 BENCH_KEY = "bench-service-key"
 
@@ -39,13 +39,13 @@ def _settings(backend: LocalBackend, redis_url: str, worker_id: str) -> Settings
 
 def _push_jobs(client, queue: str, jobs: int, size: int) -> None:
     for i in range(jobs):
-        payload = build_payload("v1", "sdxl_image_fast", f"bench job {i}", seed=i, width=size, height=size, steps=25)
-        client.lpush(queue, encode_element("v1", payload))
+        payload = submission("v1", "sdxl_image_fast", f"bench job {i}", seed=i, size=(size, size), steps=25)
+        push(client, "v1", payload, queue=queue)
 
 
 def _run_pipelined(settings: Settings, queue: str, jobs: int, gpu_seconds: float) -> float:
-    worker = Worker(SimEngine(gpu_seconds=gpu_seconds), settings, max_jobs=jobs, queues=(queue,),
-                    install_signal_handlers=False)
+    worker = build_worker(SimEngine(gpu_seconds=gpu_seconds), settings, max_jobs=jobs, queues=(queue,),
+                          install_signal_handlers=False)
     started = time.monotonic()
     worker.run()
     return time.monotonic() - started
@@ -56,19 +56,20 @@ def _run_serial(settings: Settings, queue: str, jobs: int, gpu_seconds: float) -
     client = connect(settings.effective_redis_url)
     job_queue = JobQueue(client, settings.worker_id, (queue,), "v1")
     engine = SimEngine(gpu_seconds=gpu_seconds)
-    presets = load_presets(str(settings.presets_file))
-    policy = BucketPolicy(presets)
-    uploader = Uploader(SupabaseStorage(settings.supabase_url, BENCH_KEY), policy, attempts=1)
+    worker = build_worker(engine, settings, redis_client=client, queues=(queue,), install_signal_handlers=False)
+    pipeline = worker.pipeline
+    policy = BucketPolicy(load_presets(str(settings.presets_file)))
     sender = CallbackSender(settings, client)
+    delivery = Delivery("v1", Uploader(SupabaseStorage(settings.supabase_url, BENCH_KEY), policy, attempts=1), policy,
+                        sender, client, settings.worker_id)
     started = time.monotonic()
     for _ in range(jobs):
         claimed = job_queue.claim(block_seconds=5)
-        job = parse_job(claimed.raw, presets)
-        sender.send_progress(build_callback("v1", job.id, PROCESSING))
-        result = engine.run([job], NoStops())[0]
-        assets = publish(result, "v1", uploader, policy)
-        sender.deliver(build_callback("v1", job.id, COMPLETED, assets, metadata=job_metadata(job, result)))
-        job_queue.finish(claimed)
+        plan = pipeline.plan(pipeline.parse(claimed.raw))
+        sender.send_progress(build_callback("v1", plan.job.id, PROCESSING))
+        result = engine.run([plan.input], NoStops())[0]
+        delivery.deliver(plan.job.id, result, job=plan.job, facts=plan.facts,
+                         release=lambda record, member, c=claimed, j=plan.job.id: job_queue.finish(c, j, record))
     return time.monotonic() - started
 
 

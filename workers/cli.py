@@ -20,79 +20,12 @@ import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 
 from shared import keys  # noqa: E402
-from shared.contract import load_presets  # noqa: E402
 from shared.logging import configure_logging  # noqa: E402
+from shared.presets import load_presets  # noqa: E402
 from shared.settings import Settings  # noqa: E402
-
-# Engines that exist, by name; each factory takes the parsed arguments. The SDXL, WAN and chat
-# engines register here as they are built.
-ENGINE_FACTORIES: dict[str, Callable[[argparse.Namespace, Settings], object]] = {}
-TINY_MODEL_BUILDERS: dict[str, Callable[[str], object]] = {}
-PLANNED_ENGINES: tuple[str, ...] = ()
-
-
-def _sim_engine(args, _settings):
-    from workers.sim import SimEngine
-
-    return SimEngine(gpu_seconds=args.gpu_seconds, max_batch_images=args.batch_images)
-
-
-def _sdxl_engine(args, settings):
-    from shared.fetch import ReferenceFetcher
-    from shared.storage import make_storage
-    from workers.sdxl.engine import SDXLEngine
-
-    if not args.model:
-        raise ValueError("run sdxl needs --model: a diffusers folder or a .safetensors checkpoint")
-    return SDXLEngine(args.model, fetcher=ReferenceFetcher(settings, make_storage(settings)))
-
-
-def _wan_engine(args, settings):
-    from shared.fetch import ReferenceFetcher
-    from shared.queue import connect
-    from shared.storage import make_storage
-    from workers.wan.engine import WANEngine
-
-    if not args.model:
-        raise ValueError("run wan needs --model: a diffusers Wan 2.1 folder (T2V or VACE)")
-    return WANEngine(args.model, fetcher=ReferenceFetcher(settings, make_storage(settings)),
-                     redis_client=connect(settings.effective_redis_url), era=settings.contract)
-
-
-def _tiny_wan(directory: str):
-    from workers.wan.tiny import make_tiny_wan
-
-    return make_tiny_wan(directory, vace=False)
-
-
-def _tiny_wan_vace(directory: str):
-    from workers.wan.tiny import make_tiny_wan
-
-    return make_tiny_wan(directory, vace=True)
-
-
-def _tiny_sdxl(directory: str):
-    from workers.sdxl.tiny import make_tiny_sdxl
-
-    return make_tiny_sdxl(directory)
-
-
-def _tiny_chat(directory: str):
-    from workers.chat.tiny import make_tiny_chat
-
-    return make_tiny_chat(directory)
-
-
-ENGINE_FACTORIES["sim"] = _sim_engine
-TINY_MODEL_BUILDERS["chat"] = _tiny_chat
-ENGINE_FACTORIES["sdxl"] = _sdxl_engine
-ENGINE_FACTORIES["wan"] = _wan_engine
-TINY_MODEL_BUILDERS["wan"] = _tiny_wan
-TINY_MODEL_BUILDERS["wan-vace"] = _tiny_wan_vace
-TINY_MODEL_BUILDERS["sdxl"] = _tiny_sdxl
+from workers.registry import ENGINES, UsageError, build_worker, spec_for, tiny_model_builders  # noqa: E402
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -114,49 +47,35 @@ def _redis(settings: Settings):
 
 
 def cmd_run(args) -> int:
-    if args.engine == "chat":
-        from workers.chat.worker import run_chat_worker
-
-        if not args.model:
-            print("run chat needs --model: a Qwen2.5 Instruct folder", file=sys.stderr)
-            return 2
-        settings = _settings(args)
-        return run_chat_worker(args.model, args.device, settings, port=args.health_port)
-    if args.engine not in ENGINE_FACTORIES:
-        print(f"engine {args.engine!r} is not part of this build yet; available: {', '.join(ENGINE_FACTORIES)}",
-              file=sys.stderr)
-        return 2
     settings = _settings(args)
-    from shared.runtime import Worker
-
     try:
-        engine = ENGINE_FACTORIES[args.engine](args, settings)
-    except ValueError as exc:  # a usage mistake, said in one line
+        spec = spec_for(args.engine)
+        engine = spec.build(args.model, settings, args)
+    except UsageError as exc:  # a usage mistake, said in one line
         print(exc, file=sys.stderr)
         return 2
     queues = tuple(q.strip() for q in args.queues.split(",") if q.strip()) if args.queues else None
-    worker = Worker(engine, settings, device=args.device, max_jobs=args.max_jobs, queues=queues,
-                    health_port=args.health_port)
+    worker = build_worker(engine, settings, queues=queues, device=args.device, max_jobs=args.max_jobs,
+                          health_port=args.health_port)
     if EARLY_STOP:
         worker.stop(grace=0)
     return worker.run()
 
 
 def cmd_submit(args) -> int:
-    from shared.payloads import build_payload, push
+    from workers.submit import push, submission
 
     settings = _settings(args)
     if args.type not in load_presets(str(settings.presets_file)).types:
         print(f"unknown job type {args.type!r}", file=sys.stderr)
         return 2
-    width = height = None
+    size = None
     if args.size:
         width, height = (int(v) for v in args.size.lower().replace("*", "x").split("x"))
-    payload = build_payload(
-        settings.contract, args.type, args.prompt, num_images=args.num_images, seed=args.seed,
-        width=width, height=height, steps=args.steps, frames=args.frames, user_id=args.user_id,
-        reference_image_url=args.reference_image_url,
-    )
+        size = (width, height)
+    payload = submission(settings.contract, args.type, args.prompt, num_images=args.num_images, seed=args.seed,
+                         size=size, steps=args.steps, frames=args.frames, user_id=args.user_id,
+                         reference_image_url=args.reference_image_url)
     client = _redis(settings)
     queue = push(client, settings.contract, payload)
     print(json.dumps({"job_id": payload["id"], "queue": queue, "contract": settings.contract}))
@@ -175,7 +94,7 @@ def cmd_submit(args) -> int:
 
 
 def cmd_queue(args) -> int:
-    from shared.queue import queue_report
+    from shared.admin import queue_report
 
     settings = _settings(args)
     report = queue_report(_redis(settings), (*keys.JOB_QUEUES, keys.CHAT_QUEUE))
@@ -184,7 +103,7 @@ def cmd_queue(args) -> int:
 
 
 def cmd_dlq(args) -> int:
-    from shared.queue import dead_letters, requeue_dead_letter
+    from shared.admin import dead_letters, requeue_dead_letter
 
     settings = _settings(args)
     client = _redis(settings)
@@ -202,23 +121,21 @@ def cmd_dlq(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    from shared.callback import CANCELLED, build_callback
+    from shared.admin import remove_queued
+    from shared.deliver import Delivery
+    from shared.errors import JobError
     from shared.outbox import CallbackSender
-    from shared.queue import remove_queued, request_cancel
+    from shared.queue import request_cancel
 
     settings = _settings(args)
     client = _redis(settings)
     request_cancel(client, args.job_id)  # a running job sees this between steps
     for queue in (*keys.JOB_QUEUES, keys.CHAT_QUEUE):
         if remove_queued(client, queue, args.job_id) is not None:
-            # Still queued: no worker will ever see it, so report it here.
-            sender = CallbackSender(settings, client)
-            body = build_callback(settings.contract, args.job_id, CANCELLED, error_message="cancelled before it started",
-                                  metadata={"error_type": "cancelled"})
-            if sender.deliver(body) == "undelivered":
-                sender.add_to_outbox(body)
-            client.set(keys.result(args.job_id), json.dumps({"status": body["status"], "metadata": body["metadata"]}),
-                       ex=settings.result_ttl_seconds)
+            # Still queued: no worker will ever see it, so report it here, the one way jobs are reported.
+            delivery = Delivery(settings.contract, None, None, CallbackSender(settings, client), client,
+                                settings.worker_id, settings.result_ttl_seconds)
+            delivery.deliver(args.job_id, JobError("cancelled", "cancelled before it started"))
             client.delete(keys.cancel(args.job_id))
             print(json.dumps({"job_id": args.job_id, "cancelled": "queued", "queue": queue}))
             return 0
@@ -235,12 +152,16 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_make_tiny_model(args) -> int:
-    builder = TINY_MODEL_BUILDERS.get(args.engine)
-    if builder is None:
-        available = ", ".join(TINY_MODEL_BUILDERS) or "none yet (the sim engine needs no model)"
-        print(f"no tiny model for {args.engine!r} in this build; available: {available}", file=sys.stderr)
+    import importlib
+
+    builders = tiny_model_builders()
+    target = builders.get(args.engine)
+    if target is None:
+        print(f"no tiny model for {args.engine!r}; available: {', '.join(builders)} (the sim engine needs no model)",
+              file=sys.stderr)
         return 2
-    builder(args.dir)
+    module, function = target.split(":")
+    getattr(importlib.import_module(module), function)(args.dir)
     print(json.dumps({"engine": args.engine, "dir": args.dir}))
     return 0
 
@@ -285,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a worker until stopped")
-    run.add_argument("engine", choices=sorted({*ENGINE_FACTORIES, *PLANNED_ENGINES, "chat"}))
+    run.add_argument("engine", choices=sorted(ENGINES))
     run.add_argument("--model", default=os.environ.get("MODEL_PATH"),
                      help="model directory or checkpoint (default: MODEL_PATH)")
     run.add_argument("--device", default="cuda", help="torch device (default cuda)")
@@ -298,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-images", type=int, default=1, help="sim: images per engine call")
     run.set_defaults(func=cmd_run)
 
-    submit = sub.add_parser("submit", help="push a job exactly as the backend would")
+    submit = sub.add_parser("submit", help="push a job in the deployment's contract era, as the backend does")
     submit.add_argument("type")
     submit.add_argument("prompt")
     submit.add_argument("--num-images", type=int, default=1)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from shared.contract import load_presets
+from shared.presets import load_presets
 from shared.settings import Settings
 
 

@@ -12,57 +12,59 @@ import os
 import time
 from typing import Any
 
-from shared.callback import COMPLETED, FAILED, build_callback
-from shared.contract import BadPayload, JobError, load_presets, parse_job
-from shared.engine import Engine, JobResult, NoStops
-from shared.outbox import CallbackSender
-from shared.publish import job_metadata, publish
-from shared.queue import connect
+from shared.engine import Engine, NoStops
+from shared.errors import BadPayload, JobError
+from shared.failures import as_job_error
 from shared.settings import Settings
-from shared.storage import BucketPolicy, Uploader, make_storage
 
 
 class ServerlessRunner:
-    def __init__(self, engine: Engine, settings: Settings, device: str):
+    """One request at a time: decode, run, deliver, with the worker's own decode and delivery."""
+
+    def __init__(self, engine: Engine, settings: Settings, device: str, **wiring):
+        from workers.registry import build_worker
+
         self.engine = engine
-        self.settings = settings
-        self.presets = load_presets(str(settings.presets_file))
-        self.policy = BucketPolicy(self.presets)
-        self.uploader = Uploader(make_storage(settings), self.policy, settings.storage_retries, settings.retry_base_seconds)
-        self.sender = CallbackSender(settings, connect(settings.effective_redis_url))
+        # The same wiring as a queue worker (decode, storage, callbacks); only the source differs.
+        self.worker = build_worker(engine, settings, device=device, install_signal_handlers=False, **wiring)
+        self.pipeline = self.worker.pipeline
         engine.setup(device)
 
     def handle(self, event: dict[str, Any]) -> dict[str, Any]:
         payload = event.get("input", event)
         started = time.monotonic()
+        job = plan = None
         try:
-            job = self.engine.prepare(parse_job(payload, self.presets, self.settings.preset_policy))
-            outcome = self.engine.run([job], NoStops())[0]
-            if isinstance(outcome, JobError):
-                raise outcome
-            assert isinstance(outcome, JobResult)
-            assets = publish(outcome, self.settings.contract, self.uploader, self.policy)
-            meta = job_metadata(job, outcome) | {"generation_time": round(time.monotonic() - started, 3)}
-            body = build_callback(self.settings.contract, job.id, COMPLETED, assets, metadata=meta)
+            job = self.pipeline.parse(payload)
+            plan = self.pipeline.plan(job)
+            outcome = self.engine.run([plan.input], NoStops())[0]
+        except BadPayload as exc:
+            if exc.job_id is None:
+                return {"status": "failed", "error_message": exc.message, "metadata": {"error_type": exc.error_type}}
+            outcome = exc
         except JobError as exc:
-            if isinstance(exc, BadPayload) and exc.job_id is None:
-                return {"status": FAILED, "error_message": exc.message, "metadata": {"error_type": exc.error_type}}
-            body = build_callback(self.settings.contract, exc.job_id or str(payload.get("id", "")), FAILED,
-                                  error_message=exc.message, metadata={"error_type": exc.error_type})
-        if self.sender.deliver(body) == "undelivered":
-            self.sender.add_to_outbox(body)  # re-sent by any pod worker sharing this Redis
-        return body
+            outcome = exc
+        except Exception as exc:
+            outcome = as_job_error(exc, "generation")
+        job_id = job.id if job is not None else getattr(outcome, "job_id", None) or str(payload.get("id", ""))
+        delivery = self.pipeline.delivery
+        try:
+            return delivery.deliver(job_id, outcome, job=plan.job if plan else job, facts=plan.facts if plan else None,
+                                    asset_facts=plan.asset_facts if plan else None, started_at=started)
+        except JobError as exc:  # publishing failed: report that instead
+            return delivery.deliver(job_id, exc, job=plan.job if plan else job)
 
 
 def main() -> None:  # pragma: no cover - needs the runpod package and a RunPod endpoint
     import runpod
 
-    from workers.cli import ENGINE_FACTORIES, build_parser
+    from workers.cli import build_parser
+    from workers.registry import spec_for
 
     engine_name = os.environ.get("ENGINE", "sdxl")
     args = build_parser().parse_args(["run", engine_name, "--device", os.environ.get("DEVICE", "cuda")])
     settings = Settings()
-    runner = ServerlessRunner(ENGINE_FACTORIES[engine_name](args, settings), settings, args.device)
+    runner = ServerlessRunner(spec_for(engine_name).build(args.model, settings, args), settings, args.device)
     runpod.serverless.start({"handler": runner.handle})
 
 

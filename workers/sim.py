@@ -13,9 +13,9 @@ from collections.abc import Hashable
 import numpy as np
 from PIL import Image
 
-from shared import keys
-from shared.contract import Job, JobError
-from shared.engine import Engine, ImageOutput, JobResult, RunContext, VideoOutput
+from shared.engine import Engine, RunContext
+from shared.errors import JobError
+from shared.inputs import Generated, Generation, ImageOutput, VideoOutput
 
 
 def draw_frame(seed: int, width: int, height: int, t: float = 0.0) -> np.ndarray:
@@ -43,7 +43,6 @@ def draw_frame(seed: int, width: int, height: int, t: float = 0.0) -> np.ndarray
 
 class SimEngine(Engine):
     name = "sim"
-    queues = keys.JOB_QUEUES
 
     def __init__(self, gpu_seconds: float = 1.0, max_batch_images: int = 1):
         self.gpu_seconds = gpu_seconds
@@ -53,42 +52,42 @@ class SimEngine(Engine):
     def setup(self, device: str) -> None:
         self.device = device
 
-    def batch_key(self, job: Job) -> Hashable | None:
+    def batch_key(self, item: Generation) -> Hashable | None:
         if self.max_batch_images <= 1:
             return None
-        return (job.engine, job.media, job.width, job.height, job.steps, job.guidance_scale, job.frames)
+        return (item.media, item.width, item.height, item.steps, item.guidance_scale, item.frames)
 
-    def _simulate_gpu(self, job: Job, ctx: RunContext, started: float, done_before: int, total: int) -> None:
+    def _simulate_gpu(self, item: Generation, ctx: RunContext, started: float, done_before: int, total: int) -> None:
         """Wait out the rest of this output's GPU time in step-sized slices, as a sampler would:
         cancellation and progress behave as they do on a GPU, and drawing counts as GPU time."""
-        steps = max(1, job.steps)
+        steps = max(1, item.steps)
         per_step = self.gpu_seconds / steps
         for step in range(steps):
-            ctx.check(job)
+            ctx.check(item)
             remaining = started + (step + 1) * per_step - time.monotonic()
             if remaining > 0:
                 time.sleep(remaining)
-            ctx.progress(job, done_before * steps + step + 1, total * steps)
+            ctx.progress(item, done_before * steps + step + 1, total * steps)
 
-    def run(self, jobs: list[Job], ctx: RunContext) -> list[JobResult | JobError]:
-        results: list[JobResult | JobError] = []
-        for job in jobs:
+    def run(self, items: list[Generation], ctx: RunContext) -> list[Generated | JobError]:
+        results: list[Generated | JobError] = []
+        for item in items:
             try:
-                items: list[ImageOutput | VideoOutput] = []
-                for index, seed in enumerate(job.image_seeds()):
+                outputs: list[ImageOutput | VideoOutput] = []
+                for index, seed in enumerate(item.seeds):
                     started = time.monotonic()
-                    ctx.check(job)
+                    ctx.check(item)
                     meta = {"engine": "sim"}
-                    if job.media == "video":
+                    if item.media == "video":
                         frames = np.stack(
-                            [draw_frame(seed, job.width, job.height, i / job.fps) for i in range(job.frames)]
+                            [draw_frame(seed, item.width, item.height, i / item.fps) for i in range(item.frames)]
                         )
-                        items.append(VideoOutput(frames=frames, fps=job.fps, seed=seed, metadata=meta))
+                        outputs.append(VideoOutput(frames=frames, fps=item.fps, seed=seed, metadata=meta))
                     else:
-                        image = Image.fromarray(draw_frame(seed, job.width, job.height))
-                        items.append(ImageOutput(image=image, seed=seed, metadata=meta))
-                    self._simulate_gpu(job, ctx, started, index, job.num_images)
-                results.append(JobResult(job=job, items=items))
+                        image = Image.fromarray(draw_frame(seed, item.width, item.height))
+                        outputs.append(ImageOutput(image=image, seed=seed, metadata=meta))
+                    self._simulate_gpu(item, ctx, started, index, item.count)
+                results.append(Generated(items=outputs))
             except JobError as exc:
                 results.append(exc)
         return results

@@ -1,114 +1,144 @@
-"""The chat worker's HTTP API, as the backend calls it: /chat, /enhance, /generate, /health, /worker/info.
+"""The chat worker's HTTP API, as the backend calls it: /chat, /enhance, /generate, /worker/info.
 
-Bearer keys are compared in constant time. Bodies are size-capped and must be JSON objects;
-every failure is a JSON error with a 4xx/5xx status and never a secret, a path or the environment.
+Routes on the worker's FastAPI app (beside /health and /metrics). Order of checks: the body size
+(middleware, from Content-Length, before anything is read), then the bearer key (compared in
+constant time), then readiness, then the body, declared as pydantic models. Every failure is a
+JSON error with a 4xx/5xx status and never a secret, a path or the environment.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
-import threading
-from concurrent.futures import TimeoutError as FutureTimeout
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import uuid
 from typing import Any
 
-from shared.http import send_json
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from shared.errors import JobError
 from shared.logging import get_logger
-from workers.chat.config import ChatSettings
-from workers.chat.conversation import BadRequest
-from workers.chat.service import ChatService
+from shared.runtime import Worker
+from workers.chat.service import ChatJob
 
 log = get_logger(component="chat-api")
 
 
-class ChatAPI:
-    def __init__(self, service: ChatService, settings: ChatSettings, worker_id: str, host: str = "0.0.0.0",
-                 port: int | None = None):
-        self.service = service
-        self.settings = settings
-        self.worker_id = worker_id
-        self.keys = [k.encode() for k in settings.api_keys()]
-        self.state = "starting"
-        api = self
+class _Body(BaseModel):
+    """Fields both backend eras may send; unknown ones are kept (the service reads what it knows)."""
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    model_config = ConfigDict(extra="allow")
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    seed: int | None = None
+    model: str | None = None
 
-            def _send(self, status: int, body: dict[str, Any]):
-                send_json(self, status, body)
 
-            def do_GET(self):  # noqa: N802
-                path = self.path.split("?")[0]
-                if path == "/health":
-                    ready = api.state == "ready" and api.service.ready
-                    return self._send(200 if ready else 503, {"status": api.state, "healthy": ready,
-                                                              "worker_id": api.worker_id, "worker": "chat"})
-                if path == "/worker/info":
-                    return self._send(200, {"worker_id": api.worker_id, "worker": "chat", "status": api.state,
-                                            **api.service.info()})
-                self._send(404, {"success": False, "error": "not found"})
+class ChatBody(_Body):
+    messages: list[dict[str, Any]] | None = None  # v2
+    message: str | None = None  # v1
+    system_prompt: str | None = None
+    conversation_history: list[dict[str, Any]] | None = None
 
-            def do_POST(self):  # noqa: N802
-                path = self.path.split("?")[0]
-                handler = {"/chat": api.service.chat, "/enhance": api.service.enhance,
-                           "/generate": api.service.generate}.get(path)
-                if handler is None:
-                    return self._send(404, {"success": False, "error": "not found"})
-                length = self.headers.get("Content-Length")
-                if length is None or not length.isdigit():
-                    return self._send(411, {"success": False, "error": "Content-Length required"})
-                if int(length) > api.settings.max_request_bytes:
-                    self.close_connection = True  # do not read a body we refuse
-                    return self._send(413, {"success": False,
-                                            "error": f"body larger than {api.settings.max_request_bytes} bytes"})
-                raw = self.rfile.read(int(length))
-                if not api.authorized(self.headers.get("Authorization"), path):
-                    return self._send(401, {"success": False, "error": "missing or invalid bearer token"})
-                if not (api.state == "ready" and api.service.ready):
-                    return self._send(503, {"success": False, "error": "model is loading"})
-                try:
-                    body = json.loads(raw)
-                    if not isinstance(body, dict):
-                        raise BadRequest("body must be a JSON object")
-                    return self._send(200, {**handler(body), "worker_id": api.worker_id})
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    return self._send(400, {"success": False, "error": "body is not valid JSON"})
-                except BadRequest as exc:
-                    return self._send(400, {"success": False, "error": str(exc)})
-                except FutureTimeout:
-                    return self._send(504, {"success": False, "error": "generation timed out"})
-                except Exception as exc:
-                    log.exception("request_failed", path=path)
-                    return self._send(500, {"success": False, "error": f"internal error ({type(exc).__name__})"})
 
-            def log_message(self, *args):
-                pass
+class EnhanceBody(ChatBody):
+    prompt: str | None = None
+    job_type: str | None = None
 
-        port = settings.port if port is None else port
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="chat-api", daemon=True)
 
-    def authorized(self, header: str | None, path: str) -> bool:
-        if not self.keys:
+class GenerateBody(_Body):
+    prompt: str | None = None
+    inputs: str | None = None  # the 2025-08 body
+    parameters: dict[str, Any] | None = None
+    return_full_text: bool | None = None
+
+
+BODIES = {"chat": ChatBody, "enhance": EnhanceBody, "generate": GenerateBody}
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"success": False, "error": message}, status_code=status)
+
+
+def _validation_message(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(p) for p in error["loc"]) or "body"
+    if error["type"] in ("int_parsing", "float_parsing", "int_type", "float_type", "int_from_float"):
+        return f"{where} must be a number"
+    return f"{where}: {error['msg']}"
+
+
+def add_chat_routes(app: FastAPI, worker: Worker) -> None:
+    pipeline = worker.pipeline
+    settings = worker.settings.chat
+    api_keys = [k.encode() for k in settings.api_keys()]
+    if not api_keys:
+        log.warning("chat_api_open", reason="neither CHAT_WORKER_API_KEY nor WAN_WORKER_API_KEY is set")
+
+    def authorized(header: str | None, kind: str) -> bool:
+        if not api_keys:
             return True  # no key configured: an open worker (logged at start)
-        if path == "/enhance" and self.settings.allow_unauthenticated_enhance and not header:
+        if kind == "enhance" and settings.allow_unauthenticated_enhance and not header:
             return True
         if not header or not header.startswith("Bearer "):
             return False
         token = header[len("Bearer "):].strip().encode()
         # Compare against every key, always, so timing says nothing about which one nearly matched.
-        matches = [hmac.compare_digest(token, key) for key in self.keys]
+        matches = [hmac.compare_digest(token, key) for key in api_keys]
         return any(matches)
 
-    def start(self) -> ChatAPI:
-        if not self.keys:
-            log.warning("chat_api_open", reason="neither CHAT_WORKER_API_KEY nor WAN_WORKER_API_KEY is set")
-        self._thread.start()
-        return self
+    async def serve(kind: str, request: Request) -> JSONResponse:
+        if not authorized(request.headers.get("authorization"), kind):
+            return _error(401, "missing or invalid bearer token")
+        requests = pipeline.requests
+        if worker.state not in ("ready", "busy") or requests is None:
+            return _error(503, "model is loading")
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "body is not valid JSON")
+        if not isinstance(body, dict):
+            return _error(400, "body must be a JSON object")
+        try:
+            BODIES[kind].model_validate(body)
+        except ValidationError as exc:
+            return _error(400, _validation_message(exc))
+        job = ChatJob(id=uuid.uuid4().hex, kind=kind, body=body)
+        try:
+            plan = await run_in_threadpool(pipeline.plan, job)  # tokenizing is CPU work: off the event loop
+            future = worker.submit(plan)
+            outcome = await asyncio.wait_for(asyncio.wrap_future(future), timeout=settings.request_timeout_seconds)
+        except JobError as exc:
+            return _error(400 if exc.error_type == "bad_request" else 503, exc.message)
+        except TimeoutError:
+            return _error(504, "generation timed out")
+        except RuntimeError as exc:  # the worker is stopping
+            return _error(503, str(exc))
+        if isinstance(outcome, JobError):
+            log.error("chat_request_failed", error_type=outcome.error_type)
+            return _error(500, f"internal error ({outcome.error_type})")
+        return JSONResponse({**requests.reply(plan, outcome), "worker_id": worker.worker_id})
 
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    @app.post("/chat")
+    async def chat(request: Request) -> JSONResponse:
+        return await serve("chat", request)
+
+    @app.post("/enhance")
+    async def enhance(request: Request) -> JSONResponse:
+        return await serve("enhance", request)
+
+    @app.post("/generate")
+    async def generate(request: Request) -> JSONResponse:
+        return await serve("generate", request)
+
+    @app.get("/worker/info")
+    def info() -> JSONResponse:
+        requests = pipeline.requests
+        details = requests.info() if requests is not None else {"ready": False}
+        return JSONResponse({"worker_id": worker.worker_id, "worker": "chat", "status": worker.state, **details})

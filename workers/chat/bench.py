@@ -1,7 +1,8 @@
 """`ourvidz-worker bench chat`: tokens per second for N concurrent requests, batched vs one at a time.
 
-Both modes submit the same N requests at once to the worker's batcher (max batch N, then 1) and
-generate exactly `--max-tokens` tokens each (EOS ignored, so both do the same work). It prints
+Both modes take the same N requests arriving at once and decode them N rows at a time, then one
+at a time (what the runtime's batcher does with CHAT_MAX_BATCH=N and =1), generating exactly
+`--max-tokens` tokens each (EOS ignored, so both do the same work). It prints
 throughput, p50/p95 latency and the ratio. `--random-weights` builds the model from a config
 folder (the full-size architecture, nothing to download).
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from concurrent.futures import wait
 from typing import Any
 
 import torch
@@ -31,20 +31,17 @@ def _load(model: str, device: str, dtype: torch.dtype, random_weights: bool):
 
 
 def _measure(generator, requests, max_batch: int) -> dict[str, float]:
-    from workers.chat.service import Batcher
-
-    batcher = Batcher(generator, max_batch, wait_ms=5)
+    """All requests arrive at once; they are decoded `max_batch` rows at a time, in arrival order
+    (what the runtime's batcher does with a burst), and each latency runs to its batch's end."""
     latencies: list[float] = []
+    tokens = 0
     started = time.perf_counter()
-    futures = []
-    for request in requests:
-        future = batcher.submit(request)
-        future.add_done_callback(lambda _f: latencies.append(time.perf_counter() - started))
-        futures.append(future)
-    wait(futures)
+    for i in range(0, len(requests), max_batch):
+        completions = generator.generate(requests[i:i + max_batch])
+        done = time.perf_counter() - started
+        latencies += [done] * len(completions)
+        tokens += sum(len(c.token_ids) for c in completions)
     wall = time.perf_counter() - started
-    batcher.stop()
-    tokens = sum(len(f.result().token_ids) for f in futures)
     latencies.sort()
     return {"tokens_per_second": round(tokens / wall, 2), "wall_seconds": round(wall, 3),
             "p50_latency_s": round(statistics.median(latencies), 3),

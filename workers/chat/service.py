@@ -1,92 +1,35 @@
-"""The chat worker's core: loaded models, their batchers, and the chat / enhance / generate requests.
+"""Chat decode and replies: a request body (either backend shape) → the engine's input, and back.
 
-HTTP requests and queued jobs both end up in `ChatService`, which turns a request body into token
-ids, hands them to the model's batcher, and formats the reply. Concurrent requests are decoded
-together: the batcher waits a few milliseconds for company, then runs up to CHAT_MAX_BATCH rows.
+HTTP requests and `chat_queue` jobs both come here: `plan` turns a body into token ids that fit
+the model's context plus per-row sampling settings (a `ChatInput` for the engine), and `reply`
+formats what the engine generated the way the backend reads it.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from shared.gpu import resolve_dtype
-from shared.logging import get_logger
-from workers.chat.config import ChatSettings
+from shared.decode import Plan
+from shared.engine_settings import ChatSettings
 from workers.chat.conversation import BadRequest, fit_to_context, messages_from_request
-from workers.chat.generator import Completion, Request, TextGenerator
+from workers.chat.engine import ChatEngine, ChatInput, LoadedModel
+from workers.chat.generator import Completion, Request
 
-log = get_logger(component="chat")
-
-
-class Batcher:
-    """Collects concurrent requests for one model and decodes them together on one thread."""
-
-    def __init__(self, generator: TextGenerator, max_batch: int, wait_ms: int):
-        self.generator = generator
-        self.max_batch = max_batch
-        self.wait = wait_ms / 1000
-        self._queue: queue.Queue = queue.Queue()
-        self.batch_sizes: list[int] = []
-        self._thread = threading.Thread(target=self._loop, name="chat-batcher", daemon=True)
-        self._thread.start()
-
-    def submit(self, request: Request) -> Future:
-        future: Future = Future()
-        self._queue.put((request, future))
-        return future
-
-    def stop(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=30)
-
-    def _loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            deadline = time.monotonic() + self.wait
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)
-                    break
-                batch.append(nxt)
-            self.batch_sizes.append(len(batch))
-            try:
-                completions = self.generator.generate([r for r, _ in batch])
-                for (_, future), completion in zip(batch, completions, strict=True):
-                    future.set_result(completion)
-            except Exception as exc:  # a failed batch fails its requests, never the worker
-                log.exception("generation_failed", batch=len(batch))
-                for _, future in batch:
-                    future.set_exception(exc)
+KINDS = ("chat", "enhance", "generate")
 
 
-@dataclass
-class LoadedModel:
-    name: str
-    tokenizer: Any
-    generator: TextGenerator
-    batcher: Batcher
+@dataclass(frozen=True)
+class ChatJob:
+    """A chat request as the runtime carries it: from the queue (with a reply key) or from HTTP."""
 
-    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False).input_ids
-
-    def count_tokens(self, messages: list[dict[str, str]]) -> int:
-        return len(self.prompt_ids(messages))
+    id: str
+    kind: str  # chat | enhance | generate
+    body: dict
+    reply_to: str | None = None
+    type: str = "chat"
 
 
 def _number(body: dict, name: str, default, low, high, kind=float):
@@ -119,52 +62,39 @@ def _from_inputs_parameters(body: dict) -> dict:
     return mapped
 
 
-class ChatService:
-    def __init__(self, settings: ChatSettings, model_path: str, device: str = "cuda"):
+class ChatRequests:
+    """Decode for the chat engine (needs its tokenizers, so it is built after `setup`)."""
+
+    def __init__(self, engine: ChatEngine, settings: ChatSettings):
+        self.engine = engine
         self.settings = settings
-        self.model_path = model_path
-        self.device = device
-        self.models: dict[str, LoadedModel] = {}
-        self.ready = False
         self.started_at = time.time()
 
-    # -------------------------------------------------------------------------- setup
+    def plan(self, job: ChatJob) -> Plan:
+        if job.kind not in KINDS:
+            raise BadRequest(f"chat_queue job type must be chat or enhance, got {str(job.kind)[:40]!r}")
+        started = time.perf_counter()
+        input_, facts = getattr(self, f"_{job.kind}")(job.id, job.body)
+        return Plan(job=job, input=input_, facts={**facts, "kind": job.kind, "started": started})
 
-    def load(self) -> None:
-        self.models["qwen_instruct"] = self._load("qwen_instruct", self.model_path)
-        if self.settings.base_model:
-            self.models["qwen_base"] = self._load("qwen_base", self.settings.base_model)
-        for model in self.models.values():  # warm-up: the first real request should not pay for it
-            model.generator.generate([Request(model.prompt_ids([{"role": "user", "content": "hi"}]), max_tokens=2,
-                                              temperature=0)])
-        self.ready = True
+    def reply(self, plan: Plan, completion: Completion) -> dict[str, Any]:
+        facts = plan.facts
+        model = self.engine.models[plan.input.model]
+        text = model.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
+        reply = {"success": True, "generation_time": round(time.perf_counter() - facts["started"], 3),
+                 "tokens_generated": len(completion.token_ids), "prompt_tokens": completion.prompt_tokens,
+                 "finish_reason": completion.finish_reason, "model": model.name, **facts["choice"]}
+        if facts["kind"] == "chat":
+            reply.update(response=text.strip(), dropped_messages=facts["dropped"])
+        elif facts["kind"] == "enhance":
+            original = facts["original"]
+            reply.update(enhanced_prompt=text.strip() or original, original_prompt=original,
+                         enhancement_strategy=f"{model.name}_chat")
+        else:
+            reply.update(response=text, generated_text=facts["prompt"] + text if facts["full_text"] else text)
+        return reply
 
-    def _load(self, name: str, path: str) -> LoadedModel:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda but no CUDA GPU is visible")
-        dtype = resolve_dtype(self.settings.dtype, self.device)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        if self.settings.backend == "vllm":
-            from workers.chat.vllm_backend import VLLMGenerator
-
-            generator = VLLMGenerator(path, tokenizer, str(dtype).removeprefix("torch."),
-                                      self.settings.max_context_tokens, self.settings.vllm_gpu_memory_utilization)
-            batcher = Batcher(generator, self.settings.max_batch, self.settings.batch_wait_ms)
-            log.info("model_loaded", model=name, backend="vllm")
-            return LoadedModel(name, tokenizer, generator, batcher)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(self.device).eval()
-        generator = TextGenerator(model, tokenizer, self.device, self.settings.max_context_tokens)
-        batcher = Batcher(generator, self.settings.max_batch, self.settings.batch_wait_ms)
-        log.info("model_loaded", model=name, parameters=sum(p.numel() for p in model.parameters()))
-        return LoadedModel(name, tokenizer, generator, batcher)
-
-    def close(self) -> None:
-        for model in self.models.values():
-            model.batcher.stop()
-
-    # ----------------------------------------------------------------------- requests
+    # ------------------------------------------------------------------------ requests
 
     def _model(self, body: dict, default: str = "qwen_instruct") -> tuple[LoadedModel, dict[str, Any]]:
         """The model that serves a request, and what the reply says about the choice.
@@ -174,9 +104,10 @@ class ChatService:
         none is loaded, is served by the instruct model and the reply says so: never a 400 for a
         body the real backend sends.
         """
+        models = self.engine.models
         wanted = body.get("model")
         name = self._served_name(wanted) if wanted else default
-        model = self.models.get(name or "") or self.models["qwen_instruct"]
+        model = models.get(name or "") or models["qwen_instruct"]
         if not wanted or model.name == name:
             return model, {}
         return model, {"requested_model": str(wanted)[:200],
@@ -188,7 +119,7 @@ class ChatService:
         key = wanted.strip().lower()
         if key in ("qwen_instruct", "qwen_base"):
             return key
-        names = {"qwen_instruct": (self.settings.model_id, self.model_path),
+        names = {"qwen_instruct": (self.settings.model_id, self.engine.model_path),
                  "qwen_base": (self.settings.base_model_id, self.settings.base_model or "")}
         for name, (hub_id, path) in names.items():
             aliases = {hub_id.lower(), hub_id.lower().rsplit("/", 1)[-1], Path(path).name.lower()} - {""}
@@ -212,41 +143,22 @@ class ChatService:
             seed=_number(body, "seed", None, 0, 2**63 - 1, int) if body.get("seed") is not None else None,
         )
 
-    def _run(self, model: LoadedModel, request: Request) -> Completion:
-        future = model.batcher.submit(request)
-        return future.result(timeout=self.settings.request_timeout_seconds)
-
     def _fit(self, model: LoadedModel, messages, max_tokens: int) -> tuple[list[int], int]:
         budget = model.generator.max_context - max_tokens
         if budget <= 0:
-            raise BadRequest(f"max_tokens={max_tokens} leaves no room for the prompt in a {model.generator.max_context}-token context")
+            raise BadRequest(f"max_tokens={max_tokens} leaves no room for the prompt in a "
+                             f"{model.generator.max_context}-token context")
         kept, dropped = fit_to_context(messages, model.count_tokens, budget)
         return model.prompt_ids(kept), dropped
 
-    def _reply(self, model: LoadedModel, completion: Completion, started: float, choice: dict[str, Any],
-               **extra) -> dict[str, Any]:
-        return {
-            "success": True,
-            "generation_time": round(time.perf_counter() - started, 3),
-            "tokens_generated": len(completion.token_ids),
-            "prompt_tokens": completion.prompt_tokens,
-            "finish_reason": completion.finish_reason,
-            "model": model.name,
-            **choice,
-            **extra,
-        }
-
-    def chat(self, body: dict) -> dict[str, Any]:
-        started = time.perf_counter()
+    def _chat(self, request_id: str, body: dict) -> tuple[ChatInput, dict[str, Any]]:
         model, choice = self._model(body)
         max_tokens = self._max_tokens(model, body)
         ids, dropped = self._fit(model, messages_from_request(body), max_tokens)
-        completion = self._run(model, self._request(body, ids, max_tokens))
-        text = model.tokenizer.decode(completion.token_ids, skip_special_tokens=True).strip()
-        return self._reply(model, completion, started, choice, response=text, dropped_messages=dropped)
+        return ChatInput(request_id, model.name, self._request(body, ids, max_tokens)), {"choice": choice,
+                                                                                          "dropped": dropped}
 
-    def enhance(self, body: dict) -> dict[str, Any]:
-        started = time.perf_counter()
+    def _enhance(self, request_id: str, body: dict) -> tuple[ChatInput, dict[str, Any]]:
         model, choice = self._model(body)
         if isinstance(body.get("messages"), list):
             messages = messages_from_request(body)
@@ -255,26 +167,22 @@ class ChatService:
             original = body.get("prompt")
             if not isinstance(original, str) or not original.strip():
                 raise BadRequest("enhance needs `prompt` (or `messages`)")
-            job_type = str(body.get("job_type") or "")
-            video = "video" in job_type
+            video = "video" in str(body.get("job_type") or "")
             system = body.get("system_prompt") or self.settings.enhance_system_prompt.format(
                 media="video" if video else "image", motion=", motion" if video else "")
             messages = [{"role": "system", "content": str(system)}, {"role": "user", "content": original}]
         max_tokens = self._max_tokens(model, body, default=256)  # a prompt, not an essay
         ids, _ = self._fit(model, messages, max_tokens)
-        completion = self._run(model, self._request(body, ids, max_tokens))
-        text = model.tokenizer.decode(completion.token_ids, skip_special_tokens=True).strip()
-        return self._reply(model, completion, started, choice, enhanced_prompt=text or original,
-                           original_prompt=original, enhancement_strategy=f"{model.name}_chat")
+        return ChatInput(request_id, model.name, self._request(body, ids, max_tokens)), {"choice": choice,
+                                                                                          "original": original}
 
-    def generate(self, body: dict) -> dict[str, Any]:
+    def _generate(self, request_id: str, body: dict) -> tuple[ChatInput, dict[str, Any]]:
         """Plain continuation of `prompt`, no chat template (the base model's use).
 
         Also takes the 2025-08 body, `{inputs, parameters: {max_new_tokens, temperature, top_p,
         do_sample, repetition_penalty, return_full_text, seed}}`, and answers it with
         `generated_text` beside `response`.
         """
-        started = time.perf_counter()
         body = _from_inputs_parameters(body) if "inputs" in body and "prompt" not in body else body
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt:
@@ -286,14 +194,12 @@ class ChatService:
         max_tokens = self._max_tokens(model, body)
         if len(ids) + max_tokens > model.generator.max_context:
             raise BadRequest(f"prompt of {len(ids)} tokens plus max_tokens={max_tokens} exceeds the context")
-        completion = self._run(model, self._request(body, ids, max_tokens))
-        text = model.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
-        generated = prompt + text if body.get("return_full_text") is True else text
-        return self._reply(model, completion, started, choice, response=text, generated_text=generated)
+        facts = {"choice": choice, "prompt": prompt, "full_text": body.get("return_full_text") is True}
+        return ChatInput(request_id, model.name, self._request(body, ids, max_tokens)), facts
 
     def info(self) -> dict[str, Any]:
         return {
-            "models": sorted(self.models), "max_batch": self.settings.max_batch, "device": self.device,
-            "max_context_tokens": {n: m.generator.max_context for n, m in self.models.items()},
-            "uptime_seconds": round(time.time() - self.started_at, 1), "ready": self.ready,
+            "models": sorted(self.engine.models), "max_batch": self.settings.max_batch, "device": self.engine.device,
+            "max_context_tokens": {n: m.generator.max_context for n, m in self.engine.models.items()},
+            "uptime_seconds": round(time.time() - self.started_at, 1), "ready": bool(self.engine.models),
         }

@@ -16,11 +16,9 @@ from typing import Any
 
 import torch
 
-from shared.contract import load_presets, parse_job
 from shared.engine import NoStops
 from shared.gpu import synchronize
-from shared.payloads import build_payload
-from shared.settings import DEFAULT_PRESETS
+from shared.inputs import Generation
 
 
 def random_weights_pipeline(config_dir: str, _config=None, dtype: torch.dtype = torch.float16):
@@ -53,10 +51,10 @@ def _time_baseline(pipe, work, device: str) -> float:
     """Plain diffusers with its default settings, one call per job; seconds per image."""
     pipe.set_progress_bar_config(disable=True)
 
-    def one(job):
-        pipe(job.prompt, negative_prompt=job.negative_prompt, num_inference_steps=job.steps, width=job.width,
-             height=job.height, guidance_scale=job.guidance_scale,
-             generator=torch.Generator("cpu").manual_seed(job.seed))
+    def one(item: Generation):
+        pipe(item.prompt, negative_prompt=item.negative_prompt, num_inference_steps=item.steps, width=item.width,
+             height=item.height, guidance_scale=item.guidance_scale,
+             generator=torch.Generator("cpu").manual_seed(item.seeds[0]))
 
     one(work[0])  # warm-up, not timed
     synchronize(device)
@@ -69,17 +67,17 @@ def _time_baseline(pipe, work, device: str) -> float:
 
 def run_sdxl_bench(model: str, device: str = "cuda", jobs: int = 6, steps: int = 25, size: int = 1024,
                    batch: int = 6, random_weights: bool = False, dtype: str = "auto", compile: bool = False) -> dict[str, Any]:
+    from shared.engine_settings import SDXLSettings
     from shared.gpu import resolve_dtype
-    from workers.sdxl.config import SDXLSettings
     from workers.sdxl.engine import SDXLEngine, load_pipeline
 
     torch_dtype = resolve_dtype(dtype, device)
     factory = random_weights_pipeline if random_weights else load_pipeline
-    presets = load_presets(str(DEFAULT_PRESETS))
-    work = [parse_job(build_payload("v1", "sdxl_image_fast", f"benchmark prompt {i}, a lighthouse at dawn",
-                                    seed=i, width=size, height=size, steps=steps), presets) for i in range(jobs)]
-    # The model's default scheduler and a short negative prompt, exactly what the baseline gets.
-    work = [j.with_changes(scheduler="euler", negative_prompt="blurry, low quality") for j in work]
+    # One image per job; the model's default scheduler and a short negative prompt, exactly what
+    # the baseline gets.
+    work = [Generation(id=f"bench-{i}", media="image", prompt=f"benchmark prompt {i}, a lighthouse at dawn",
+                       negative_prompt="blurry, low quality", width=size, height=size, steps=steps,
+                       guidance_scale=6.0, scheduler="euler", seeds=(i,)) for i in range(jobs)]
 
     baseline = _time_baseline(factory(model, None, torch_dtype).to(device), work, device)
     if device.startswith("cuda"):
@@ -88,7 +86,7 @@ def run_sdxl_bench(model: str, device: str = "cuda", jobs: int = 6, steps: int =
     config = SDXLSettings(max_batch_images=batch, dtype=dtype, compile=compile, warmup=False)
     engine = SDXLEngine(model, config, pipeline_factory=factory)
     engine.setup(device)
-    prepared = [engine.prepare(j) for j in work]
+    prepared = work
     engine.run(prepared[:1], NoStops())  # warm-up (and compile), not timed
     engine.run(prepared[:min(batch, jobs)], NoStops())
 

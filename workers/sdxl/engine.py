@@ -1,15 +1,16 @@
 """The SDXL engine: one copy of the weights serving text-to-image and image-to-image.
 
-Work is cut into images, not jobs: image i of a job has its own seed (`seed + i`), its own CPU
-generator and its own row of prompt embeddings, so images of compatible jobs share one pipeline
-call and each job still gets exactly the images it would have got alone (within float error).
+It only computes: decode (workers/sdxl/plan.py) has already checked the job, fetched and fitted
+its reference and built the `Generation`. Work is cut into images, not jobs: image i of a job
+has its own seed (`seed + i`), its own CPU generator and its own row of prompt embeddings, so
+images of compatible jobs share one pipeline call and each job still gets exactly the images it
+would have got alone (within float error).
 The same cut makes out-of-memory recovery simple: halve the images per call and go on.
 """
 
 from __future__ import annotations
 
 import gc
-import math
 from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,22 +18,20 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from shared import keys
-from shared.contract import Job, JobError
-from shared.engine import Engine, ImageOutput, JobResult, RunContext
-from shared.fetch import ReferenceFetcher
+from shared.engine import Engine, RunContext
+from shared.engine_settings import SDXLSettings
+from shared.errors import JobError
 from shared.gpu import resolve_dtype
-from shared.media import fit_image
-from workers.sdxl.config import SDXLSettings
+from shared.inputs import Generated, Generation, ImageOutput
 from workers.sdxl.prompts import PromptEmbeddings, PromptEncoder
-from workers.sdxl.schedulers import make_scheduler, normalize_scheduler
+from workers.sdxl.schedulers import make_scheduler
 
 
 @dataclass
 class _Image:
-    """One image to generate: which job, which seed, its conditioning and reference."""
+    """One image to generate: which input, which seed, its conditioning and reference."""
 
-    job: Job
+    item: Generation
     index: int
     seed: int
     embeddings: PromptEmbeddings
@@ -61,17 +60,12 @@ def load_pipeline(model: str, config_dir: str | None, dtype: torch.dtype):
 
 class SDXLEngine(Engine):
     name = "sdxl"
-    queues = (keys.SDXL_QUEUE,)
-    job_types = ("sdxl_image_fast", "sdxl_image_high")
 
-    def __init__(self, model: str, config: SDXLSettings | None = None, fetcher: ReferenceFetcher | None = None,
-                 pipeline_factory=None):
+    def __init__(self, model: str, config: SDXLSettings | None = None, pipeline_factory=None):
         self.model = model
         self.pipeline_factory = pipeline_factory or load_pipeline  # the benchmark passes random weights
         self.config = config or SDXLSettings()
         self.max_batch_images = self.config.max_batch_images
-        self.fetcher = fetcher
-        self.references: dict[str, tuple[Image.Image, dict]] = {}
         self.pipe = None
         self.img2img = None
         self.device = "cpu"
@@ -106,98 +100,58 @@ class SDXLEngine(Engine):
     def _warm_up(self) -> None:
         side = 1024 if self.device.startswith("cuda") else 64
         embeddings = self.encoder.encode("warm up", "", use_compel=False)
-        image = _Image(job=None, index=0, seed=0, embeddings=embeddings, reference=None)  # type: ignore[arg-type]
+        image = _Image(item=None, index=0, seed=0, embeddings=embeddings, reference=None)  # type: ignore[arg-type]
         self._call_pipeline([image], "txt2img", side, side, 2, 5.0, "euler", None)
 
-    # ------------------------------------------------------------------- before the GPU
-
-    def prepare(self, job: Job) -> Job:
-        try:
-            normalize_scheduler(job.scheduler)
-        except ValueError as exc:
-            raise JobError("invalid_parameter", str(exc), job_id=job.id) from None
-        if job.width % 8 or job.height % 8:
-            raise JobError("invalid_parameter", f"SDXL needs sizes in multiples of 8, got {job.width}x{job.height}",
-                           job_id=job.id)
-        refs = job.references
-        if job.pipeline != "img2img" or not refs.image_url:
-            return job
-        if self.fetcher is None:
-            raise JobError("reference_error", "this worker has no reference fetcher configured", job_id=job.id)
-        reference = self.fetcher.fetch_image(refs.image_url)
-        original = reference.size
-        width, height = job.width, job.height
-        policy = self.config.reference_resize
-        if refs.exact_copy:
-            # A copy keeps the reference's framing: its aspect ratio at the job's pixel count.
-            aspect = reference.width / reference.height
-            pixels = job.width * job.height
-            width = min(2048, max(64, round(math.sqrt(pixels * aspect) / 8) * 8))
-            height = min(2048, max(64, round(math.sqrt(pixels / aspect) / 8) * 8))
-            policy = "stretch"  # aspect already matches to within rounding
-        reference = fit_image(reference, width, height, policy)
-        steps = job.steps
-        if int(steps * refs.denoise_strength) < 1:
-            # img2img runs steps * denoise steps; below one it would not run at all.
-            steps = math.ceil(1 / max(refs.denoise_strength, 1e-3))
-        self.references[job.id] = (reference, {"reference_resize": policy, "reference_original_size": list(original)})
-        return job.with_changes(width=width, height=height, steps=min(steps, 1000))
-
-    def batch_key(self, job: Job) -> Hashable | None:
-        denoise = job.references.denoise_strength if job.pipeline == "img2img" else None
-        return (job.pipeline, job.width, job.height, job.steps, job.guidance_scale,
-                normalize_scheduler(job.scheduler), denoise)
+    def batch_key(self, item: Generation) -> Hashable | None:
+        denoise = item.denoise_strength if item.pipeline == "img2img" else None
+        return (item.pipeline, item.width, item.height, item.steps, item.guidance_scale, item.scheduler, denoise)
 
     # -------------------------------------------------------------------------- the GPU
 
-    def run(self, jobs: list[Job], ctx: RunContext) -> list[JobResult | JobError]:
+    def run(self, items: list[Generation], ctx: RunContext) -> list[Generated | JobError]:
         failures: dict[str, JobError] = {}
         images: list[_Image] = []
-        for job in jobs:
+        for item in items:
             try:
-                embeddings = self.encoder.encode(job.encoder_prompt, job.negative_prompt, job.compel_enabled)
-            except Exception as exc:  # a Compel syntax error, say: this job only
-                failures[job.id] = JobError("invalid_parameter", f"prompt could not be encoded: {exc}")
+                embeddings = self.encoder.encode(item.prompt, item.negative_prompt, item.compel)
+            except Exception as exc:  # a Compel syntax error, say: this input only
+                failures[item.id] = JobError("invalid_parameter", f"prompt could not be encoded: {exc}")
                 continue
-            reference = self.references.get(job.id, (None, {}))[0]
-            images += [_Image(job, i, seed, embeddings, reference) for i, seed in enumerate(job.image_seeds())]
+            images += [_Image(item, i, seed, embeddings, item.reference) for i, seed in enumerate(item.seeds)]
 
         produced: dict[tuple[str, int], Image.Image] = {}
-        cancelled: set[str] = set()  # jobs cancelled while sharing a call with others
+        cancelled: set[str] = set()  # inputs cancelled while sharing a call with others
         # Prompts of different lengths cannot share a call: group by embedding length.
         for length in sorted({im.embeddings.length for im in images}):
             group = [im for im in images if im.embeddings.length == length]
             try:
                 for im, picture in self._generate(group, ctx, cancelled):
-                    produced[(im.job.id, im.index)] = picture
+                    produced[(im.item.id, im.index)] = picture
             except JobError as exc:
                 for im in group:
-                    failures.setdefault(im.job.id, exc)
-        for job_id in cancelled:
-            failures.setdefault(job_id, JobError("cancelled", "cancelled by request"))
-        chunks = {im.job.id: im.embeddings.chunks for im in images}
+                    failures.setdefault(im.item.id, exc)
+        for item_id in cancelled:
+            failures.setdefault(item_id, JobError("cancelled", "cancelled by request"))
+        chunks = {im.item.id: im.embeddings.chunks for im in images}
 
-        results: list[JobResult | JobError] = []
-        for job in jobs:
-            extra = self.references.pop(job.id, (None, {}))[1]
-            if job.id in failures:
-                results.append(failures[job.id])
+        results: list[Generated | JobError] = []
+        for item in items:
+            if item.id in failures:
+                results.append(failures[item.id])
                 continue
-            items = [ImageOutput(image=produced[(job.id, i)], seed=seed, metadata=dict(extra))
-                     for i, seed in enumerate(job.image_seeds())]
-            results.append(JobResult(job=job, items=items, metadata={
-                "scheduler": normalize_scheduler(job.scheduler), "compel": job.compel_enabled,
-                "prompt_chunks": chunks[job.id],
-            }))
+            pictures = [ImageOutput(image=produced[(item.id, i)], seed=seed) for i, seed in enumerate(item.seeds)]
+            results.append(Generated(items=pictures, metadata={
+                "scheduler": item.scheduler, "compel": item.compel, "prompt_chunks": chunks[item.id]}))
         return results
 
     def _generate(self, images: list[_Image], ctx: RunContext, cancelled: set[str]):
         """Yield (image, picture); on CUDA out-of-memory, free and retry in halves."""
-        job = images[0].job
+        item = images[0].item
         try:
             pictures = self._call_pipeline(
-                images, job.pipeline, job.width, job.height, job.steps, job.guidance_scale,
-                job.scheduler, job.references.denoise_strength, ctx, cancelled,
+                images, item.pipeline, item.width, item.height, item.steps, item.guidance_scale,
+                item.scheduler, item.denoise_strength, ctx, cancelled,
             )
             yield from zip(images, pictures, strict=True)
         except torch.OutOfMemoryError:
@@ -207,7 +161,7 @@ class SDXLEngine(Engine):
             if len(images) == 1:
                 raise JobError(
                     "out_of_memory",
-                    f"one {job.width}x{job.height} image does not fit in GPU memory; try a smaller size",
+                    f"one {item.width}x{item.height} image does not fit in GPU memory; try a smaller size",
                     retryable=True,  # memory held by another process now may be free on the next try
                 ) from None
             half = len(images) // 2
@@ -235,7 +189,7 @@ class SDXLEngine(Engine):
             generator=[torch.Generator("cpu").manual_seed(im.seed) for im in images],
         )
         if ctx is not None:
-            hook = _StepHook(ctx, [im.job for im in images], steps, denoise, pipeline, cancelled)
+            hook = _StepHook(ctx, [im.item for im in images], steps, denoise, pipeline, cancelled)
             kwargs["callback_on_step_end"] = hook
         if pipeline == "img2img":
             kwargs.update(image=[im.reference for im in images], strength=denoise)
@@ -246,30 +200,30 @@ class SDXLEngine(Engine):
 
 
 class _StepHook:
-    """Between denoising steps: progress for every job, and stop checks.
+    """Between denoising steps: progress for every input, and stop checks.
 
-    A cancelled job in a shared batch is noted and dropped at the end (the others go on); a
+    A cancelled input in a shared batch is noted and dropped at the end (the others go on); a
     timeout or shutdown stops the whole call.
     """
 
-    def __init__(self, ctx: RunContext, jobs: list[Job], steps: int, denoise: float | None, pipeline: str,
+    def __init__(self, ctx: RunContext, items: list[Generation], steps: int, denoise: float | None, pipeline: str,
                  cancelled: set[str]):
         self.ctx = ctx
-        self.jobs = list({j.id: j for j in jobs}.values())
+        self.items = list({i.id: i for i in items}.values())
         self.total = int(steps * denoise) if pipeline == "img2img" and denoise else steps
         self.cancelled = cancelled
 
     def __call__(self, pipe, step, timestep, callback_kwargs):
-        for job in self.jobs:
-            if job.id in self.cancelled:
+        for item in self.items:
+            if item.id in self.cancelled:
                 continue
             try:
-                self.ctx.check(job)
+                self.ctx.check(item)
             except JobError as exc:
                 if exc.error_type != "cancelled":
                     raise
-                self.cancelled.add(job.id)
-            self.ctx.progress(job, step + 1, max(self.total, 1))
-        if all(j.id in self.cancelled for j in self.jobs):
+                self.cancelled.add(item.id)
+            self.ctx.progress(item, step + 1, max(self.total, 1))
+        if all(i.id in self.cancelled for i in self.items):
             raise JobError("cancelled", "cancelled by request")
         return callback_kwargs

@@ -2,9 +2,8 @@
 
 It keeps SDXL's shape (three UNet levels with two layers each, attention below the first level,
 two CLIP text encoders of different widths feeding `text_time` conditioning, a KL VAE), so the
-production code paths, the single-file checkpoint layout included, run unchanged. Written as a
-diffusers directory, plus `DIR/single_file/tiny-sdxl.safetensors` in the original (LDM) layout
-that fine-tuned checkpoints ship in.
+production code paths run unchanged. Written as a diffusers directory (the tests also write it as
+a single-file LDM checkpoint, with tests/single_file.py, to check that loading path).
 """
 
 from __future__ import annotations
@@ -69,10 +68,6 @@ def build_tiny_sdxl_pipeline(seed: int = 0):
 
 
 def make_tiny_sdxl(directory: str | Path) -> Path:
-    from workers.sdxl.single_file import save_ldm_checkpoint
-
     directory = Path(directory)
-    pipe = build_tiny_sdxl_pipeline()
-    pipe.save_pretrained(directory)
-    save_ldm_checkpoint(pipe, directory / "single_file" / "tiny-sdxl.safetensors")
+    build_tiny_sdxl_pipeline().save_pretrained(directory)
     return directory

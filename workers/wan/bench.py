@@ -14,11 +14,9 @@ from typing import Any
 
 import torch
 
-from shared.contract import load_presets, parse_job
 from shared.engine import NoStops
 from shared.gpu import resolve_dtype, synchronize
-from shared.payloads import build_payload
-from shared.settings import DEFAULT_PRESETS
+from shared.inputs import Generation
 
 
 def random_weights_folder(config_dir: str, into: Path) -> Path:
@@ -48,17 +46,13 @@ def _time_baseline(folder, jobs, device, dtype, width, height, steps) -> dict[st
     """Plain WanPipeline calls with diffusers' defaults; seconds per job (one warm-up call first)."""
     import diffusers
 
-    from workers.wan.engine import valid_frame_count
-
     pipe = diffusers.WanPipeline.from_pretrained(folder, dtype=dtype, local_files_only=True).to(device)
     pipe.set_progress_bar_config(disable=True)
     seconds = {}
-    for name, job in jobs.items():
-        frames = 1 if name == "image" else valid_frame_count(job.frames)
-
-        def call(job=job, frames=frames):
-            pipe(prompt=job.prompt, negative_prompt=job.negative_prompt, width=width, height=height,
-                 num_frames=frames, num_inference_steps=steps, guidance_scale=job.guidance_scale,
+    for name, item in jobs.items():
+        def call(item=item):
+            pipe(prompt=item.prompt, negative_prompt=item.negative_prompt, width=width, height=height,
+                 num_frames=item.frames, num_inference_steps=steps, guidance_scale=item.guidance_scale,
                  generator=torch.Generator("cpu").manual_seed(1))
 
         call()  # warm-up
@@ -72,17 +66,20 @@ def _time_baseline(folder, jobs, device, dtype, width, height, steps) -> dict[st
 
 def run_wan_bench(model: str, device: str = "cuda", width: int = 480, height: int = 832, frames: int = 81,
                   steps: int = 25, random_weights: bool = False, cache: bool = True) -> dict[str, Any]:
-    from workers.wan.config import WANSettings
+    from shared.engine_settings import WANSettings
     from workers.wan.engine import WANEngine
+    from workers.wan.plan import valid_frame_count
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = str(random_weights_folder(model, Path(tmp))) if random_weights else model
         dtype = resolve_dtype("auto", device)
-        presets = load_presets(str(DEFAULT_PRESETS))
-        cases = {"image": ("image_fast", 1), "video": ("video_fast", frames)}
-        jobs = {name: parse_job(build_payload("v1", t, "waves rolling onto a beach at dusk", seed=1, width=width,
-                                              height=height, steps=steps, frames=n), presets)
-                for name, (t, n) in cases.items()}
+        cases = {"image": ("image", 1), "video": ("video", valid_frame_count(frames))}
+        negative = "blurry, low quality, static, distorted"
+        jobs = {name: Generation(id=f"bench-{name}", media=media, prompt="waves rolling onto a beach at dusk",
+                                 negative_prompt=negative, width=width, height=height, steps=steps, guidance_scale=6.5,
+                                 scheduler="unipc", seeds=(1,), frames=n, fps=16, shift=5.0, pipeline="video",
+                                 step_cache=True)
+                for name, (media, n) in cases.items()}
 
         baseline = _time_baseline(folder, jobs, device, dtype, width, height, steps)
         if device.startswith("cuda"):
@@ -94,11 +91,11 @@ def run_wan_bench(model: str, device: str = "cuda", width: int = 480, height: in
             engine = WANEngine(folder, WANSettings(cache=cache_mode, warmup=False))
             engine.setup(device)
             measured[label] = {}
-            for name, job in jobs.items():
-                engine.run([engine.prepare(job)], NoStops())  # warm-up
+            for name, item in jobs.items():
+                engine.run([item], NoStops())  # warm-up
                 synchronize(device)
                 started = time.perf_counter()
-                engine.run([engine.prepare(job)], NoStops())
+                engine.run([item], NoStops())
                 synchronize(device)
                 measured[label][name] = time.perf_counter() - started
             del engine

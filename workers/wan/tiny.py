@@ -54,3 +54,8 @@ def make_tiny_wan(directory: str | Path, vace: bool = False) -> Path:
     directory = Path(directory)
     build_tiny_wan_pipeline(vace=vace).save_pretrained(directory)
     return directory
+
+
+def make_tiny_vace(directory: str | Path) -> Path:
+    """`make-tiny-model wan-vace DIR`: the same, with VACE reference-frame conditioning."""
+    return make_tiny_wan(directory, vace=True)

@@ -1,8 +1,8 @@
-"""Job payloads built and pushed exactly as the backend's `queue-job` function does, per era.
+"""Test fixture: job payloads built and pushed exactly as the backend's `queue-job` function does, per era.
 
-Used by `ourvidz-worker submit`, the tests and the benchmarks, so everything downstream sees
-what production sees: v1 LPUSHes the payload's JSON text; v2 RPUSHes the JSON text of a
-one-element array that holds the payload's JSON text.
+Every field the backend writes, so the tests see what production sees: v1 LPUSHes the payload's
+JSON text; v2 RPUSHes the JSON text of a one-element array that holds the payload's JSON text.
+(`ourvidz-worker submit` has its own, smaller producer: workers/submit.py.)
 """
 
 from __future__ import annotations

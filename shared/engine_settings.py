@@ -1,4 +1,8 @@
-"""Chat worker settings (environment): the backend's key names, then CHAT_* knobs."""
+"""The engines' branches of the settings tree (environment, prefixes SDXL_, WAN_, CHAT_).
+
+`shared.settings.Settings` holds one of each (`settings.sdxl`, `settings.wan`, `settings.chat`);
+the defaults are what production should run.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,38 @@ from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SDXLSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SDXL_", extra="ignore", protected_namespaces=())
+
+    config_dir: str | None = Field(
+        default=None, description="diffusers config folder for a single-file checkpoint (default: the checkpoint's folder)")
+    dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(default="auto", description="auto: bf16 on CUDA, fp32 on CPU")
+    max_batch_images: int = Field(default=6, ge=1, le=32, description="images per pipeline call across jobs")
+    channels_last: bool = Field(default=True, description="channels-last memory format for UNet and VAE")
+    fuse_qkv: bool = Field(default=True, description="fused QKV attention projections")
+    compile: bool = Field(default=False, description="torch.compile the UNet (warmed up before ready)")
+    compile_mode: str = Field(default="max-autotune-no-cudagraphs")
+    vae_tiling_above: int = Field(default=1024, description="VAE tiling when width or height exceeds this")
+    reference_resize: Literal["cover", "contain", "stretch"] = Field(
+        default="cover", description="fit a reference to the job size: crop, pad, or distort")
+    warmup: bool = Field(default=True, description="one short generation before the worker reports ready")
+
+
+class WANSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WAN_", extra="ignore", protected_namespaces=())
+
+    dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(default="auto", description="transformer dtype; the VAE is fp32")
+    text_encoder_device: Literal["gpu", "cpu"] = Field(
+        default="gpu", description="cpu keeps UMT5 (~11 GB in bf16) off the GPU, at some seconds per job")
+    reference_policy: Literal["fail", "t2v"] = Field(
+        default="fail", description="reference frames on a text-to-video-only model: fail, or generate without them")
+    enhance_timeout_seconds: float = Field(default=30.0, gt=0, description="wait for the chat worker's rewrite")
+    cache: Literal["none", "first_block"] = Field(default="none", description="step caching for fast presets")
+    cache_threshold: float = Field(default=0.05, gt=0)
+    warmup: bool = Field(default=True)
+
 
 DEFAULT_ENHANCE_SYSTEM_PROMPT = (
     "You rewrite prompts for an AI {media} generator. Keep the subject and intent, add concrete visual "

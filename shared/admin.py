@@ -1,0 +1,73 @@
+"""Operator-side helpers for `ourvidz-worker queue|dlq|cancel`: look into the queues, fix what is stuck.
+
+Unlike the worker's queue source, these may read payloads (to find a job by its id).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from shared import keys
+from shared.job import Era, decode_element, peek_job_id
+from shared.queue import element_key, push_end
+
+
+def job_id_of(raw: str) -> str | None:
+    """The job id in a queue element, if one can be read."""
+    try:
+        return peek_job_id(decode_element(raw))
+    except Exception:  # an unreadable element has no id to match
+        return None
+
+
+def remove_queued(client: redis.Redis, queue: str, job_id: str) -> str | None:
+    """Take a not-yet-claimed job out of a queue; returns its element, or None if it is not there."""
+    for raw in client.lrange(queue, 0, -1):
+        if job_id_of(raw) == job_id and client.lrem(queue, 1, raw):
+            return raw
+    return None
+
+
+def dead_letters(client: redis.Redis, start: int = 0, end: int = -1) -> list[dict[str, Any]]:
+    return [json.loads(r) for r in client.lrange(keys.DEAD_LETTER, start, end)]
+
+
+def requeue_dead_letter(client: redis.Redis, era: Era, job_id: str | None = None) -> int:
+    """Put dead-lettered jobs (one, or all when job_id is None) back on their queues, attempts reset."""
+    moved = 0
+    for record_text in client.lrange(keys.DEAD_LETTER, 0, -1):
+        record = json.loads(record_text)
+        if job_id is not None and record.get("job_id") != job_id:
+            continue
+        pipe = client.pipeline(transaction=True)
+        pipe.lrem(keys.DEAD_LETTER, 1, record_text)
+        (pipe.lpush if push_end(era) == "LEFT" else pipe.rpush)(record["queue"], record["raw"])
+        pipe.hdel(keys.ATTEMPTS, element_key(record["raw"]))
+        if record.get("job_id"):
+            pipe.delete(keys.result(record["job_id"]))
+        removed = pipe.execute()[0]
+        moved += int(bool(removed))
+    return moved
+
+
+def queue_report(client: redis.Redis, queues: tuple[str, ...]) -> dict[str, Any]:
+    workers = sorted(client.smembers(keys.WORKERS))
+    in_flight: dict[str, int] = {}
+    alive: dict[str, bool] = {}
+    for worker in workers:
+        alive[worker] = bool(client.exists(keys.lease(worker)))
+        total = 0
+        for pkey in client.scan_iter(match=f"{keys.PREFIX}processing:{worker}:*", count=100):
+            total += client.llen(pkey)
+        in_flight[worker] = total
+    return {
+        "queues": {q: client.llen(q) for q in queues},
+        "in_flight": in_flight,
+        "workers_alive": alive,
+        "dead_letters": client.llen(keys.DEAD_LETTER),
+        "outbox": client.zcard(keys.OUTBOX),
+        "callbacks_rejected": client.llen(keys.CALLBACK_REJECTED),
+    }

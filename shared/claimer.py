@@ -1,0 +1,118 @@
+"""Sources and decode, ahead of the GPU: claim raw elements from Redis and turn them into ready tasks.
+
+The claimer keeps at most `max_batch_images + PREFETCH_JOBS` tasks claimed and decoded ahead of
+the GPU. Decoding (shared/decode.py through the engine's pipeline) parses the payload, fetches
+references and rewrites prompts; anything unusable is answered here and never reaches the GPU:
+a payload without an id goes to the dead-letter list, every other failure gets its report.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import redis
+
+from shared.errors import BadPayload, JobError
+from shared.failures import as_job_error
+from shared.keeper import retry_redis
+from shared.queue import Claimed
+from shared.task import Task
+
+if TYPE_CHECKING:
+    from shared.runtime import Worker
+
+
+class Claimer:
+    def __init__(self, worker: Worker):
+        self.worker = worker
+
+    def run(self) -> None:
+        w = self.worker
+        backoff = 0.5
+        capacity = w.engine.max_batch_images + w.settings.prefetch_jobs
+        try:
+            while w.claims_enabled and not w.stopping.is_set():
+                if w.max_jobs is not None and w._claims >= w.max_jobs:
+                    return
+                with w._cond:
+                    while len(w._ready) + w._preparing >= capacity and not w.stopping.is_set():
+                        w._cond.wait(0.5)
+                    if w.stopping.is_set():
+                        return
+                try:
+                    claimed = w.queue.claim(block_seconds=1.0)
+                    backoff = 0.5
+                except redis.RedisError as exc:
+                    w.log.warning("claim_failed", error=str(exc), retry_in=backoff)
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 15.0)
+                    continue
+                if claimed is None:
+                    continue
+                if w.stopping.is_set():
+                    retry_redis(w.log, lambda c=claimed: w.queue.requeue(c))
+                    return
+                w._claims += 1
+                with w._cond:
+                    w._preparing += 1
+                try:
+                    self.admit(claimed)
+                finally:
+                    with w._cond:
+                        w._preparing -= 1
+                        w._cond.notify_all()
+        finally:
+            with w._cond:
+                w._claimer_done = True
+                w._cond.notify_all()
+
+    def admit(self, claimed: Claimed) -> None:
+        """Decode one claimed element; anything unusable is answered right here."""
+        w = self.worker
+        task = Task(job_id="", claimed=claimed)
+        log = w.log.bind(queue=claimed.queue, attempt=claimed.attempts)
+        try:
+            task.job = w.pipeline.parse(claimed.raw)
+            task.job_id = task.job.id
+        except BadPayload as exc:
+            if exc.job_id is None:  # no id to report to: the dead-letter list is where an operator looks
+                log.error("bad_payload_dead_lettered", error=exc.message)
+                reason = exc.message
+                retry_redis(w.log, lambda: w.queue.dead_letter(claimed, reason))
+                w._count("dead_lettered")
+                return
+            task.job_id = exc.job_id
+            w._submit_post(task, exc)
+            return
+        except JobError as exc:
+            task.job_id = exc.job_id or ""
+            w._submit_post(task, exc)
+            return
+        except Exception as exc:
+            log.exception("parse_failed")
+            w._submit_post(task, as_job_error(exc, "decoding"))
+            return
+        log = log.bind(job_id=task.job_id)
+        if w.queue.over_attempts(claimed):
+            reason = f"gave up after {claimed.attempts - 1} attempts (MAX_ATTEMPTS={w.settings.max_attempts})"
+            log.error("dead_letter", reason=reason)
+            w._submit_post(task, JobError("max_attempts_exceeded", reason), dead_letter=reason)
+            return
+        if w.job_cancelled(task.job_id):
+            w._submit_post(task, JobError("cancelled", "cancelled before it started"))
+            return
+        started = time.monotonic()
+        try:
+            task.plan = w.pipeline.plan(task.job)
+        except JobError as exc:
+            w._submit_post(task, exc)
+            return
+        except Exception as exc:
+            log.exception("prepare_failed")
+            w._submit_post(task, as_job_error(exc, "preparation"))
+            return
+        w.metrics.stage_seconds.labels("prepare").observe(time.monotonic() - started)
+        task.prepared_at = time.monotonic()
+        log.info("job_claimed", job_type=getattr(task.job, "type", None))
+        w._enqueue(task)

@@ -1,0 +1,124 @@
+"""The keeper thread: everything that keeps a worker's hold on its jobs honest while it works.
+
+Every LEASE_SECONDS/3 it renews the lease, retries acknowledgements Redis refused earlier,
+returns dead workers' jobs to their queues and re-sends the callback outbox. It also ends a
+process whose engine hangs past its timeout: the lease then lapses and another worker retries
+the job (attempts bound the retries). It stops only after the last job in hand is delivered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from shared import keys
+
+if TYPE_CHECKING:
+    from shared.outbox import CallbackSender
+    from shared.runtime import Worker
+    from shared.task import Task
+
+WATCHDOG_GRACE = 60.0  # past timeout + this, an engine that never checks in is presumed hung
+REDIS_RETRY_ATTEMPTS = 8  # about 30 s of backoff
+
+
+def retry_redis(log, call: Callable[[], Any], attempts: int = REDIS_RETRY_ATTEMPTS) -> Any:
+    """Redis blips must not strand a finished job: retry with backoff before giving up."""
+    delay = 0.25
+    for attempt in range(attempts):
+        try:
+            return call()
+        except redis.RedisError as exc:
+            if attempt == attempts - 1:
+                raise
+            log.warning("redis_retry", error=str(exc), retry_in=delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
+class Keeper:
+    def __init__(self, worker: Worker, outbox: CallbackSender | None):
+        self.worker = worker
+        self.outbox = outbox
+        self.batch_started: float | None = None  # set by the GPU loop while a batch runs
+        self._deferred: list[Callable[[], Any]] = []  # acknowledgements Redis refused; retried here
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="keeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        try:
+            self.run_deferred()
+        except redis.RedisError:  # still held in Redis: a reaper returns them once our lease lapses
+            self.worker.log.error("acks_left_undone", count=len(self._deferred))
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def releaser(self, task: Task, dead_letter: str | None) -> Callable[[dict[str, Any] | None, str | None], None]:
+        """How a delivered job leaves its queue: acknowledged with its result, or dead-lettered."""
+        worker, claimed = self.worker, task.claimed
+        ttl = worker.settings.result_ttl_seconds
+
+        def release(record: dict[str, Any] | None, outbox_member: str | None) -> None:
+            def let_go() -> None:
+                if dead_letter is not None:
+                    worker.queue.dead_letter(claimed, dead_letter, job_id=task.job_id or None,
+                                             outbox_member=outbox_member, result=record, result_ttl=ttl)
+                else:
+                    worker.queue.finish(claimed, task.job_id or None, record, ttl, outbox_member)
+                worker.redis.delete(keys.cancel(task.job_id))
+
+            try:
+                retry_redis(worker.log, let_go)
+            except redis.RedisError:
+                # The callback went out but Redis is away: keep the job held (our lease protects it)
+                # and acknowledge it once Redis answers again.
+                worker.log.error("ack_deferred", job_id=task.job_id, record=json.dumps(record)[:200] if record else None)
+                with self._lock:
+                    self._deferred.append(let_go)
+
+        return release
+
+    def run_deferred(self) -> None:
+        with self._lock:
+            pending, self._deferred = self._deferred, []
+        for index, let_go in enumerate(pending):
+            try:
+                let_go()
+            except redis.RedisError:
+                with self._lock:
+                    self._deferred.extend(pending[index:])
+                raise
+
+    def _loop(self) -> None:
+        worker = self.worker
+        interval = max(0.2, worker.settings.lease_seconds / 3)
+        while not self._stop.wait(interval):
+            try:
+                worker.queue.heartbeat()
+                self.run_deferred()
+                returned = worker.queue.reap_dead_workers()
+                if returned:
+                    worker.log.warning("reclaimed_dead_worker_jobs", count=returned)
+                if self.outbox is not None:
+                    self.outbox.flush_outbox()
+            except redis.RedisError as exc:
+                worker.log.warning("keeper_redis_error", error=str(exc))
+            except Exception:
+                worker.log.exception("keeper_error")
+            started = self.batch_started
+            if started is not None and time.monotonic() - started > worker.settings.job_timeout_seconds + WATCHDOG_GRACE:
+                # The engine never returned to check its deadline (a hung kernel). Exiting lets
+                # the lease lapse so another worker retries the job; attempts bound the retries.
+                worker.log.critical("engine_hung_exiting", seconds=round(time.monotonic() - started))
+                os._exit(70)

@@ -1,0 +1,144 @@
+"""The one registry of engines: per engine, its queues, job types, URL announcement, tiny-model
+builders, how to build it, and how its jobs are decoded. `build_worker` wires an engine into the
+runtime with everything it needs (Redis, storage, callbacks, reference fetcher, enhancement).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared import keys
+from shared.decode import Decoder, Planner, plan_as_given
+from shared.engine import Engine
+from shared.settings import Settings
+
+SDXL_TYPES = ("sdxl_image_fast", "sdxl_image_high")
+WAN_TYPES = ("image_fast", "image_high", "video_fast", "video_high", "image7b_fast_enhanced",
+             "image7b_high_enhanced", "video7b_fast_enhanced", "video7b_high_enhanced")
+
+
+class UsageError(ValueError):
+    """A command line that cannot work as given; said in one line."""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    name: str
+    queues: tuple[str, ...]
+    job_types: tuple[str, ...] | None  # None: every type routed to its queues
+    build: Callable[[str | None, Settings, Any], Engine]  # (model, settings, cli args) -> engine
+    planner: Planner | None = None  # decode for generation engines; None: the engine brings its own pipeline
+    announce: str | None = None  # backend function told this worker's RunPod URL
+    tiny_models: dict[str, str] = field(default_factory=dict)  # make-tiny-model name -> "module:function"
+    enhances_prompts: bool = False  # `*_enhanced` types are rewritten by the chat worker first
+
+
+def _sim(_model, _settings, args) -> Engine:
+    from workers.sim import SimEngine
+
+    return SimEngine(gpu_seconds=getattr(args, "gpu_seconds", 1.0), max_batch_images=getattr(args, "batch_images", 1))
+
+
+def _sdxl(model, settings, _args) -> Engine:
+    from workers.sdxl.engine import SDXLEngine
+
+    if not model:
+        raise UsageError("run sdxl needs --model: a diffusers folder or a .safetensors checkpoint")
+    return SDXLEngine(model, settings.sdxl)
+
+
+def _wan(model, settings, _args) -> Engine:
+    from workers.wan.engine import WANEngine
+
+    if not model:
+        raise UsageError("run wan needs --model: a diffusers Wan 2.1 folder (T2V or VACE)")
+    return WANEngine(model, settings.wan)
+
+
+def _chat(model, settings, _args) -> Engine:
+    from workers.chat.engine import ChatEngine
+
+    if not model:
+        raise UsageError("run chat needs --model: a Qwen2.5 Instruct folder")
+    return ChatEngine(model, settings.chat)
+
+
+def _plan_sdxl(job, tools):
+    from workers.sdxl.plan import plan_sdxl
+
+    return plan_sdxl(job, tools)
+
+
+def _plan_wan(job, tools):
+    from workers.wan.plan import plan_wan
+
+    return plan_wan(job, tools)
+
+
+ENGINES: dict[str, EngineSpec] = {
+    "sim": EngineSpec("sim", keys.JOB_QUEUES, None, _sim, plan_as_given),
+    "sdxl": EngineSpec("sdxl", (keys.SDXL_QUEUE,), SDXL_TYPES, _sdxl, _plan_sdxl,
+                       tiny_models={"sdxl": "workers.sdxl.tiny:make_tiny_sdxl"}),
+    "wan": EngineSpec("wan", (keys.WAN_QUEUE,), WAN_TYPES, _wan, _plan_wan, announce="update-worker-url",
+                      tiny_models={"wan": "workers.wan.tiny:make_tiny_wan", "wan-vace": "workers.wan.tiny:make_tiny_vace"},
+                      enhances_prompts=True),
+    "chat": EngineSpec("chat", (keys.CHAT_QUEUE,), ("chat", "enhance"), _chat, announce="register-chat-worker",
+                       tiny_models={"chat": "workers.chat.tiny:make_tiny_chat"}),
+}
+
+
+def tiny_model_builders() -> dict[str, str]:
+    return {name: target for spec in ENGINES.values() for name, target in spec.tiny_models.items()}
+
+
+def spec_for(engine: Engine | str) -> EngineSpec:
+    name = engine if isinstance(engine, str) else engine.name
+    if name not in ENGINES:
+        raise UsageError(f"unknown engine {name!r}; available: {', '.join(ENGINES)}")
+    return ENGINES[name]
+
+
+def build_worker(engine: Engine, settings: Settings, *, redis_client=None, storage=None, sender=None,
+                 queues: tuple[str, ...] | None = None, device: str = "cpu", max_jobs: int | None = None,
+                 health_port: int | None = None, install_signal_handlers: bool = True):
+    """An engine in the runtime, with its sources, decode and delivery wired from `settings`."""
+    from shared.chat_client import request_enhancement
+    from shared.deliver import Delivery
+    from shared.fetch import ReferenceFetcher
+    from shared.outbox import CallbackSender
+    from shared.pipeline import GenerationPipeline
+    from shared.presets import load_presets
+    from shared.queue import connect
+    from shared.runtime import Worker
+    from shared.storage import BucketPolicy, Uploader, make_storage
+
+    spec = spec_for(engine)
+    client = redis_client or connect(settings.effective_redis_url)
+    sender = sender or CallbackSender(settings, client)
+    common = dict(redis_client=client, queues=queues or spec.queues, outbox=sender, device=device, max_jobs=max_jobs,
+                  health_port=health_port, install_signal_handlers=install_signal_handlers,
+                  announce_function=spec.announce)
+    if spec.planner is None:  # the chat engine: its own pipeline and HTTP routes
+        from workers.chat.pipeline import chat_worker
+
+        return chat_worker(engine, settings, **common)
+    presets = load_presets(str(settings.presets_file))
+    policy = BucketPolicy(presets)
+    store = storage or make_storage(settings)
+    uploader = Uploader(store, policy, settings.storage_retries, settings.retry_base_seconds)
+    delivery = Delivery(settings.contract, uploader, policy, sender, client, settings.worker_id,
+                        settings.result_ttl_seconds)
+    enhance = None
+    if spec.enhances_prompts:
+        timeout = settings.wan.enhance_timeout_seconds
+
+        def enhance(prompt: str, job_type: str) -> str | None:
+            return request_enhancement(client, settings.contract, prompt, job_type, timeout)
+
+    decoder = Decoder(presets, settings.preset_policy, spec.planner, engine, spec.job_types,
+                      fetch_image=ReferenceFetcher(settings, store).fetch_image, enhance=enhance)
+    worker = Worker(engine, settings, GenerationPipeline(decoder, delivery, settings.contract), **common)
+    delivery.metrics = worker.metrics
+    return worker

@@ -1,0 +1,50 @@
+"""SDXL decode: a job → the engine's `Generation`, ahead of the GPU (no model, no HTTP here).
+
+Checks the scheduler and the size, fetches the img2img reference (through the `fetch_image`
+the decode stage hands in), fits it to the job size, and for an exact copy keeps the
+reference's framing and makes sure at least one denoising step runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+from shared.contract import Job
+from shared.decode import Plan, PlanTools, generation_of, require_fetcher
+from shared.engine_settings import SDXLSettings
+from shared.errors import JobError
+from shared.media import fit_image
+from workers.sdxl.schedulers import normalize_scheduler
+
+
+def plan_sdxl(job: Job, tools: PlanTools, config: SDXLSettings | None = None) -> Plan:
+    config = config or getattr(tools.engine, "config", None) or SDXLSettings()
+    try:
+        scheduler = normalize_scheduler(job.scheduler)
+    except ValueError as exc:
+        raise JobError("invalid_parameter", str(exc), job_id=job.id) from None
+    if job.width % 8 or job.height % 8:
+        raise JobError("invalid_parameter", f"SDXL needs sizes in multiples of 8, got {job.width}x{job.height}",
+                       job_id=job.id)
+    refs = job.references
+    if job.pipeline != "img2img" or not refs.image_url:
+        return Plan(job=job, input=generation_of(job, scheduler=scheduler))
+
+    reference = require_fetcher(tools, job)(refs.image_url)
+    original = reference.size
+    width, height, policy = job.width, job.height, config.reference_resize
+    if refs.exact_copy:
+        # A copy keeps the reference's framing: its aspect ratio at the job's pixel count.
+        aspect = reference.width / reference.height
+        pixels = job.width * job.height
+        width = min(2048, max(64, round(math.sqrt(pixels * aspect) / 8) * 8))
+        height = min(2048, max(64, round(math.sqrt(pixels / aspect) / 8) * 8))
+        policy = "stretch"  # aspect already matches to within rounding
+    steps = job.steps
+    if int(steps * refs.denoise_strength) < 1:
+        # img2img runs steps * denoise steps; below one it would not run at all.
+        steps = math.ceil(1 / max(refs.denoise_strength, 1e-3))
+    job = job.with_changes(width=width, height=height, steps=min(steps, 1000))
+    fitted = fit_image(reference, width, height, policy)
+    return Plan(job=job, input=generation_of(job, scheduler=scheduler, reference=fitted),
+                asset_facts={"reference_resize": policy, "reference_original_size": list(original)})
