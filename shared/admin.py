@@ -68,6 +68,6 @@ def queue_report(client: redis.Redis, queues: tuple[str, ...]) -> dict[str, Any]
         "in_flight": in_flight,
         "workers_alive": alive,
         "dead_letters": client.llen(keys.DEAD_LETTER),
-        "outbox": client.zcard(keys.OUTBOX),
+        "outbox": client.zcard(keys.OUTBOX) + sum(client.zcard(keys.outbox_sending(w)) for w in workers),
         "callbacks_rejected": client.llen(keys.CALLBACK_REJECTED),
     }

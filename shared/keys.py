@@ -22,6 +22,11 @@ def processing(worker_id: str, queue: str) -> str:
     return f"{PREFIX}processing:{worker_id}:{queue}"
 
 
+def outbox_sending(worker_id: str) -> str:
+    """Outbox entries one worker is sending now -> when its claim lapses (returned if it dies)."""
+    return f"{PREFIX}callback_sending:{worker_id}"
+
+
 def lease(worker_id: str) -> str:
     """Exists while the worker is alive; a heartbeat renews its expiry."""
     return f"{PREFIX}lease:{worker_id}"

@@ -29,15 +29,34 @@ from shared.settings import Settings
 
 log = get_logger(component="callback")
 
-OUTBOX_CLAIM_SECONDS = 120.0  # an entry being sent is hidden this long; a crashed sender's reappears
+# An entry being sent is hidden this long at most. A sender that dies gives its entries back
+# sooner: reaping a dead worker returns them with its jobs (shared/queue.py).
+OUTBOX_CLAIM_SECONDS = 120.0
 OUTBOX_MAX_DELAY = 300.0
 
-# Atomically take due entries and push their due time out, so two flushers never send one twice
-# at the same moment, and a flusher that dies mid-send leaves the entry to be retried.
+# Entries being sent live in the sender's own sorted set (scored by when the claim lapses), so the
+# outbox itself holds only entries nobody is sending. Claiming first returns this sender's lapsed
+# claims, then moves due entries over: two flushers never send one entry at the same time.
 _CLAIM_DUE = """
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+for _, member in ipairs(lapsed) do
+  redis.call('ZREM', KEYS[2], member)
+  redis.call('ZADD', KEYS[1], ARGV[1], member)
+end
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[3], member) end
+for _, member in ipairs(due) do
+  redis.call('ZREM', KEYS[1], member)
+  redis.call('ZADD', KEYS[2], ARGV[3], member)
+end
 return due
+"""
+
+# When the endpoint answers again, every waiting callback becomes due now: an outage that pushed
+# the backoff far out must not keep results from the backend once it is back.
+_ALL_DUE_NOW = """
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
+for _, member in ipairs(members) do redis.call('ZADD', KEYS[1], ARGV[1], member) end
+return #members
 """
 
 
@@ -49,6 +68,9 @@ class CallbackSender:
         self.http = http or httpx.Client(timeout=settings.callback_timeout_seconds)
         self._file_lock = threading.Lock()
         self._claim_due = client.register_script(_CLAIM_DUE)
+        self.sending_key = keys.outbox_sending(settings.worker_id)
+        self._all_due_now = client.register_script(_ALL_DUE_NOW)
+        self._endpoint_failed = False  # this sender saw the endpoint fail since its last success
 
     # ------------------------------------------------------------------------ sending
 
@@ -84,10 +106,12 @@ class CallbackSender:
         """Best effort, one try: a lost progress update costs nothing."""
         try:
             self.post(encode_body(body))
-            return True
         except (TransientError, PermanentError, httpx.HTTPError) as exc:
             log.warning("progress_callback_failed", job_id=body.get("job_id"), error=str(exc))
+            self._endpoint_failed = not isinstance(exc, PermanentError)
             return False
+        self._endpoint_back()
+        return True
 
     def deliver(self, body: dict[str, Any]) -> str:
         """Try a terminal callback a few times. Returns 'delivered', 'rejected' or 'undelivered'.
@@ -98,13 +122,27 @@ class CallbackSender:
         raw = encode_body(body)
         try:
             with_retries(lambda: self.post(raw), self.settings.callback_retries, self.settings.retry_base_seconds)
-            return "delivered"
         except PermanentError as exc:
             self._record_rejected(raw, str(exc))
             return "rejected"
         except (TransientError, httpx.HTTPError, OSError) as exc:
             log.warning("callback_undelivered", job_id=body.get("job_id"), error=str(exc))
+            self._endpoint_failed = True
             return "undelivered"
+        self._endpoint_back()
+        return "delivered"
+
+    def _endpoint_back(self) -> None:
+        """The endpoint answers again after failing: what waits in the outbox is sent next, not later."""
+        if not self._endpoint_failed:
+            return
+        self._endpoint_failed = False
+        try:
+            due = self._all_due_now(keys=[keys.OUTBOX], args=[time.time()])
+            if due:
+                log.info("outbox_due_now", entries=int(due))
+        except redis.RedisError as exc:  # the outbox keeps its own schedule
+            log.warning("outbox_reschedule_failed", error=str(exc))
 
     def _record_rejected(self, raw: bytes, reason: str) -> None:
         # The backend saw it and said no (401 bad signature, 404 unknown job): re-sending will not
@@ -129,7 +167,7 @@ class CallbackSender:
     def flush_outbox(self, limit: int = 20) -> int:
         """Send the due outbox entries once each; returns how many were delivered (or rejected)."""
         now = time.time()
-        due = self._claim_due(keys=[keys.OUTBOX], args=[now, limit, now + OUTBOX_CLAIM_SECONDS])
+        due = self._claim_due(keys=[keys.OUTBOX, self.sending_key], args=[now, limit, now + OUTBOX_CLAIM_SECONDS])
         done = 0
         for member in due:
             member = member.decode() if isinstance(member, bytes) else member
@@ -137,19 +175,21 @@ class CallbackSender:
             raw = entry["body"].encode("utf-8")
             try:
                 self.post(raw)
-                self.redis.zrem(keys.OUTBOX, member)
+                self.redis.zrem(self.sending_key, member)
                 done += 1
+                self._endpoint_back()
                 log.info("outbox_delivered", job_id=entry.get("job_id"), attempts=entry["attempts"] + 1)
             except PermanentError as exc:
                 self._record_rejected(raw, str(exc))
-                self.redis.zrem(keys.OUTBOX, member)
+                self.redis.zrem(self.sending_key, member)
                 done += 1
             except (TransientError, httpx.HTTPError, OSError) as exc:
+                self._endpoint_failed = True
                 entry["attempts"] += 1
                 window = min(OUTBOX_MAX_DELAY, self.settings.retry_base_seconds * 2 ** entry["attempts"])
                 retry_at = time.time() + max(1.0, random.uniform(window / 2, window))
-                pipe = self.redis.pipeline()
-                pipe.zrem(keys.OUTBOX, member)
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.zrem(self.sending_key, member)
                 pipe.zadd(keys.OUTBOX, {json.dumps(entry): retry_at})
                 pipe.execute()
                 log.warning("outbox_retry_later", job_id=entry.get("job_id"), attempts=entry["attempts"], error=str(exc))

@@ -38,6 +38,15 @@ end
 """
 
 
+# A dead worker's callbacks in flight: back to the outbox, due now.
+_RETURN_SENDING = """
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+for _, member in ipairs(members) do redis.call('ZADD', KEYS[2], ARGV[1], member) end
+redis.call('DEL', KEYS[1])
+return #members
+"""
+
+
 def pop_end(era: Era) -> str:
     """v1 LPUSHes, so its oldest job is on the right; v2 RPUSHes, so its oldest is on the left."""
     return "RIGHT" if era == "v1" else "LEFT"
@@ -109,6 +118,7 @@ class JobQueue:
         self.max_attempts = max_attempts
         self._rotation = 0
         self._return_all = client.register_script(_RETURN_ALL)
+        self._return_sending = client.register_script(_RETURN_SENDING)
 
     # ------------------------------------------------------------------- life of a worker
 
@@ -148,12 +158,14 @@ class JobQueue:
         return list(self.redis.scan_iter(match=f"{keys.PREFIX}processing:{worker}:*", count=100))
 
     def reap_worker(self, worker: str) -> int:
-        """Move a worker's held jobs back to the front of their queues, charging each an attempt."""
+        """Move a worker's held jobs back to the front of their queues, charging each an attempt, and
+        the callbacks it was sending from the outbox back to the outbox."""
         returned = 0
         prefix = f"{keys.PREFIX}processing:{worker}:"
         for pkey in self._processing_keys_of(worker):
             returned += int(self._return_all(keys=[pkey, pkey[len(prefix):], keys.ATTEMPTS],
                                              args=[pop_end(self.era)]))
+        self._return_sending(keys=[keys.outbox_sending(worker), keys.OUTBOX], args=[time.time()])
         return returned
 
     # ------------------------------------------------------------------------- claiming

@@ -54,5 +54,6 @@ def test_random_kills_and_faults_lose_nothing(redis_client, backend, era):
     assert set(per_job) == set(ids)
     assert all(c["status"] == "completed" for c in backend.terminal_callbacks())
     assert sum(n - 1 for n in per_job.values()) <= kills  # a duplicate only where a kill forced one
-    assert redis_client.zcard(keys.OUTBOX) == 0 and redis_client.llen(keys.DEAD_LETTER) == 0
+    assert redis_client.zcard(keys.OUTBOX) == 0 and not redis_client.keys(f"{keys.PREFIX}callback_sending:*")
+    assert redis_client.llen(keys.DEAD_LETTER) == 0
     assert not [k for k in redis_client.keys(f"{keys.PREFIX}processing:*") if redis_client.llen(k)]

@@ -1,8 +1,10 @@
 import json
+import time
 
 from shared import keys
 from shared.callback import build_callback
 from shared.outbox import CallbackSender
+from shared.queue import JobQueue
 
 
 def test_undeliverable_callback_waits_in_the_outbox_until_the_backend_is_back(make_settings, redis_client, backend):
@@ -24,8 +26,8 @@ def test_an_entry_claimed_by_a_sender_that_died_is_sent_again_later(make_setting
     sender = CallbackSender(make_settings(), redis_client)
     sender.add_to_outbox(build_callback("v1", "job-2", "failed", error_message="x"))
     # A flusher claims it (pushing its due time out) and then dies before sending.
-    claimed = sender._claim_due(keys=[keys.OUTBOX], args=[9e18, 10, 1.0])
-    assert len(claimed) == 1
+    claimed = sender._claim_due(keys=[keys.OUTBOX, sender.sending_key], args=[9e18, 10, 1.0])
+    assert len(claimed) == 1 and redis_client.zcard(keys.OUTBOX) == 0  # hidden while being sent
     assert sender.flush_outbox() == 1  # due again (score 1.0 is in the past): delivered
     assert backend.terminal_callbacks("job-2")
 
@@ -44,3 +46,30 @@ def test_progress_callbacks_are_never_outboxed(make_settings, redis_client, back
     sender = CallbackSender(make_settings(), redis_client)
     assert not sender.send_progress(build_callback("v1", "job-5", "processing"))
     assert redis_client.zcard(keys.OUTBOX) == 0
+
+
+def test_when_the_endpoint_answers_again_the_outbox_is_due_at_once(make_settings, redis_client, backend):
+    """An outage pushes an entry's next try far out; the first success brings it forward."""
+    sender = CallbackSender(make_settings(retry_base_seconds=100.0), redis_client)
+    backend.callback.down = True
+    parked = build_callback("v2", "job-6", "completed")
+    assert sender.deliver(parked) == "undelivered"
+    sender.add_to_outbox(parked)
+    assert sender.flush_outbox() == 0  # failed again: next try 50 to 100 s from now
+    assert redis_client.zrangebyscore(keys.OUTBOX, "-inf", "+inf", withscores=True)[0][1] > time.time() + 40
+    backend.callback.down = False
+    assert sender.deliver(build_callback("v2", "job-7", "completed")) == "delivered"
+    assert sender.flush_outbox() == 1  # due now, not in a minute
+    assert {c["job_id"] for c in backend.terminal_callbacks()} == {"job-6", "job-7"}
+
+
+def test_a_dead_senders_callbacks_in_flight_come_back_when_it_is_reaped(make_settings, redis_client, backend):
+    dying = CallbackSender(make_settings(worker_id="dying"), redis_client)
+    dying.add_to_outbox(build_callback("v1", "job-8", "completed"))
+    now = time.time()
+    assert dying._claim_due(keys=[keys.OUTBOX, dying.sending_key], args=[now, 10, now + 120])  # then kill -9
+    survivor = CallbackSender(make_settings(worker_id="survivor"), redis_client)
+    assert survivor.flush_outbox() == 0  # hidden while "being sent" by the dead worker
+    JobQueue(redis_client, "survivor", keys.JOB_QUEUES).reap_worker("dying")
+    assert survivor.flush_outbox() == 1 and backend.terminal_callbacks("job-8")
+    assert not redis_client.exists(dying.sending_key)
