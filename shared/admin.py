@@ -6,6 +6,7 @@ Unlike the worker's queue source, these may read payloads (to find a job by its 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import redis
@@ -54,19 +55,17 @@ def requeue_dead_letter(client: redis.Redis, era: Era, job_id: str | None = None
 
 
 def queue_report(client: redis.Redis, queues: tuple[str, ...]) -> dict[str, Any]:
-    workers = sorted(client.smembers(keys.WORKERS))
-    in_flight: dict[str, int] = {}
-    alive: dict[str, bool] = {}
-    for worker in workers:
-        alive[worker] = bool(client.exists(keys.lease(worker)))
-        total = 0
-        for pkey in client.scan_iter(match=f"{keys.PREFIX}processing:{worker}:*", count=100):
-            total += client.llen(pkey)
-        in_flight[worker] = total
+    """Queue depths, jobs in flight per worker (from the registry, never a SCAN), and what is stuck."""
+    now = time.time()
+    leases = dict(client.zrange(keys.LEASES, 0, -1, withscores=True))
+    registry = client.hgetall(keys.WORKER_QUEUES)
+    workers = sorted(set(leases) | set(registry))
+    in_flight = {w: sum(client.llen(keys.processing(w, q)) for q in json.loads(registry.get(w) or "[]"))
+                 for w in workers}
     return {
         "queues": {q: client.llen(q) for q in queues},
         "in_flight": in_flight,
-        "workers_alive": alive,
+        "workers_alive": {w: leases.get(w, 0) > now for w in workers},
         "dead_letters": client.llen(keys.DEAD_LETTER),
         "outbox": client.zcard(keys.OUTBOX) + sum(client.zcard(keys.outbox_sending(w)) for w in workers),
         "callbacks_rejected": client.llen(keys.CALLBACK_REJECTED),

@@ -1,18 +1,24 @@
-"""Which ready tasks run together: the first in line, plus compatible ones up to the engine's budget.
+"""Which ready tasks run together, and what the engine sees of the runtime while they run.
 
-Compatible means an equal `engine.batch_key`; the budget is `engine.max_batch_images` counted in
-`engine.cost` (images or videos). A batch waits at most the batch window for company, and never
-when it is already full.
+`next_batch`: the first task in line, plus compatible ones (an equal `engine.batch_key`) up to
+`engine.max_batch_images` counted in `engine.cost`. A batch waits at most the batch window for
+company, and never when it is already full. `BatchContext`: the stop checks and progress
+reports the engine calls between steps.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import JobError
 
 if TYPE_CHECKING:  # the runtime imports this module; only the type is needed here
     from shared.runtime import Worker
     from shared.task import Task
+
+PROGRESS_INTERVAL = 2.0  # at most one progress report per job this often
+CANCEL_POLL_INTERVAL = 1.0  # cancellation flags of a running batch are read this often
 
 
 def next_batch(worker: Worker) -> list[Task] | None:
@@ -54,3 +60,45 @@ def _take_compatible(worker: Worker, key, budget: int) -> list[Task]:
             taken.append(task)
             budget -= cost
     return taken
+
+
+class BatchContext:
+    """What the engine sees of the runtime during `run`: stop checks and progress, per input id.
+
+    Cancellation flags of the whole batch are read with one MGET at most every
+    CANCEL_POLL_INTERVAL, not one read per job per step: a long video costs a few commands.
+    """
+
+    def __init__(self, worker: Worker, deadline: float, tasks: dict[str, Task]):
+        self.worker, self.deadline, self.tasks = worker, deadline, tasks
+        self.cancelled: set[str] = set()
+        self._polled = float("-inf")
+
+    def poll_cancels(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._polled < CANCEL_POLL_INTERVAL:
+            return
+        self._polled = now
+        held = [job_id for job_id, task in self.tasks.items() if task.claimed is not None]
+        self.cancelled |= self.worker.cancelled_among(held)
+
+    def check(self, item: Any) -> None:
+        worker, now = self.worker, time.monotonic()
+        if worker.stopping.is_set() and now >= worker.stop_deadline:
+            raise JobError("shutdown", "worker shut down before the job finished", retryable=True)
+        if now > self.deadline:
+            raise JobError("timeout", f"job ran past JOB_TIMEOUT_SECONDS={worker.settings.job_timeout_seconds:g}")
+        self.poll_cancels()
+        if item.id in self.cancelled:
+            raise JobError("cancelled", "cancelled by request")
+
+    def progress(self, item: Any, step: int, total: int) -> None:
+        task, now = self.tasks.get(item.id), time.monotonic()
+        if task is None or now - task.last_progress < PROGRESS_INTERVAL:
+            return
+        task.last_progress = now
+        meta = {"job_type": getattr(task.job, "type", None), "progress": round(step / max(total, 1), 4),
+                "step": step, "total_steps": total}
+        sent = self.worker.pipeline.progress(task, meta)
+        if sent is not None:
+            task.progress_sent.append(sent)

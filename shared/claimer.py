@@ -22,6 +22,10 @@ from shared.task import Task
 if TYPE_CHECKING:
     from shared.runtime import Worker
 
+# An idle worker blocks this long per claim: one command per CLAIM_BLOCK_SECONDS, and the
+# longest a stopping worker waits for its claimer to notice.
+CLAIM_BLOCK_SECONDS = 5.0
+
 
 class Claimer:
     def __init__(self, worker: Worker):
@@ -41,9 +45,13 @@ class Claimer:
                     if w.stopping.is_set():
                         return
                 try:
-                    claimed = w.queue.claim(block_seconds=1.0)
+                    claimed = w.queue.claim(block_seconds=CLAIM_BLOCK_SECONDS)
                     backoff = 0.5
-                except redis.RedisError as exc:
+                except Exception as exc:
+                    if w.stopping.is_set():  # the claim was cut short on purpose
+                        return
+                    if not isinstance(exc, redis.RedisError):
+                        raise
                     w.log.warning("claim_failed", error=str(exc), retry_in=backoff)
                     time.sleep(backoff)
                     backoff = min(backoff * 2, 15.0)
@@ -98,9 +106,6 @@ class Claimer:
             reason = f"gave up after {claimed.attempts - 1} attempts (MAX_ATTEMPTS={w.settings.max_attempts})"
             log.error("dead_letter", reason=reason)
             w._submit_post(task, JobError("max_attempts_exceeded", reason), dead_letter=reason)
-            return
-        if w.job_cancelled(task.job_id):
-            w._submit_post(task, JobError("cancelled", "cancelled before it started"))
             return
         started = time.monotonic()
         try:

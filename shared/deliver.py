@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,7 @@ class Delivery:
     worker_id: str
     result_ttl_seconds: int = 7 * 86400
     metrics: WorkerMetrics | None = None
+    upload_pool: Executor | None = None  # encodes and uploads a job's objects side by side
 
     def deliver(self, job_id: str, outcome: Generated | JobError, *, job: Job | None = None,
                 facts: dict[str, Any] | None = None, asset_facts: dict[str, Any] | None = None,
@@ -53,7 +55,7 @@ class Delivery:
         if isinstance(outcome, Generated):
             assert job is not None, "a result needs its job"
             begun = time.monotonic()
-            assets = publish(outcome, job, self.era, self.uploader, self.policy, asset_facts)
+            assets = publish(outcome, job, self.era, self.uploader, self.policy, asset_facts, self.upload_pool)
             self._observe("publish", time.monotonic() - begun)
             metadata = job_metadata(job, outcome, facts)
             if started_at is not None:

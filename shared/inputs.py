@@ -46,11 +46,26 @@ class Generation:
         return len(self.seeds)
 
 
-@dataclass
 class ImageOutput:
-    image: Image.Image
-    seed: int
-    metadata: dict[str, Any] = field(default_factory=dict)
+    """One picture. Engines may hand over raw pixels ((H, W, 3) floats in [0, 1] or uint8): turning
+    them into an image (about 30 ms at 1024x1024) then happens behind the GPU, on first use."""
+
+    def __init__(self, image: Image.Image | None = None, seed: int = 0, metadata: dict[str, Any] | None = None,
+                 pixels: np.ndarray | None = None):
+        if image is None and pixels is None:
+            raise ValueError("an ImageOutput needs an image or pixels")
+        self._image, self._pixels = image, pixels
+        self.seed = seed
+        self.metadata = metadata if metadata is not None else {}
+
+    @property
+    def image(self) -> Image.Image:
+        if self._image is None:
+            pixels = self._pixels
+            if pixels.dtype != np.uint8:
+                pixels = (np.clip(pixels, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+            self._image, self._pixels = Image.fromarray(pixels), None
+        return self._image
 
 
 @dataclass

@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from shared import keys
-
 if TYPE_CHECKING:
     from shared.outbox import CallbackSender
     from shared.runtime import Worker
@@ -75,8 +73,9 @@ class Keeper:
                     worker.queue.dead_letter(claimed, dead_letter, job_id=task.job_id or None,
                                              outbox_member=outbox_member, result=record, result_ttl=ttl)
                 else:
-                    worker.queue.finish(claimed, task.job_id or None, record, ttl, outbox_member)
-                worker.redis.delete(keys.cancel(task.job_id))
+                    cancelled = bool(record) and record.get("metadata", {}).get("error_type") == "cancelled"
+                    worker.queue.finish(claimed, task.job_id or None, record, ttl, outbox_member,
+                                        clear_cancel=cancelled)
 
             try:
                 retry_redis(worker.log, let_go)
@@ -88,6 +87,10 @@ class Keeper:
                     self._deferred.append(let_go)
 
         return release
+
+    def pending_acks(self) -> int:
+        with self._lock:
+            return len(self._deferred)
 
     def run_deferred(self) -> None:
         with self._lock:

@@ -10,8 +10,9 @@ CHAT_QUEUE = "chat_queue"
 JOB_QUEUES = (SDXL_QUEUE, WAN_QUEUE)
 
 PREFIX = "ourvidz:"
-WORKERS = PREFIX + "workers"  # set of worker ids that may hold processing lists
-ATTEMPTS = PREFIX + "attempts"  # hash job_id -> times claimed
+LEASES = PREFIX + "leases"  # zset: worker id -> lease deadline (epoch s); one ZADD renews, one range finds the dead
+WORKER_QUEUES = PREFIX + "worker_queues"  # hash: worker id -> JSON list of the queues it claims from
+ATTEMPTS = PREFIX + "attempts"  # hash: element SHA-1 -> GPU runs that ended with the worker's death or a retry
 DEAD_LETTER = PREFIX + "dead"  # list of JSON records {job_id, queue, raw, reason, at}
 OUTBOX = PREFIX + "callback_outbox"  # zset: pending callback JSON -> next delivery time
 CALLBACK_REJECTED = PREFIX + "callback_rejected"  # list: callbacks the backend refused (4xx)
@@ -27,9 +28,9 @@ def outbox_sending(worker_id: str) -> str:
     return f"{PREFIX}callback_sending:{worker_id}"
 
 
-def lease(worker_id: str) -> str:
-    """Exists while the worker is alive; a heartbeat renews its expiry."""
-    return f"{PREFIX}lease:{worker_id}"
+def running(worker_id: str) -> str:
+    """SHA-1s of the elements a worker has on its engine now: the ones its death is charged to."""
+    return f"{PREFIX}running:{worker_id}"
 
 
 def cancel(job_id: str) -> str:

@@ -49,6 +49,7 @@ class LocalBackend:
         self.objects: dict[tuple[str, str], tuple[bytes, str]] = {}
         self.files: dict[str, tuple[int, bytes, dict[str, str]]] = {}  # path -> (status, body, headers) for GET
         self.callbacks: list[dict[str, Any]] = []
+        self.finished_at: dict[str, float] = {}  # job id -> when its first terminal callback arrived
         self.upload_count = 0
         self.requests: list[tuple[str, str]] = []  # (path, Range header) of file GETs
         self.function_calls: list[tuple[str, dict[str, Any], str | None]] = []  # (name, body, Authorization)
@@ -132,7 +133,10 @@ class LocalBackend:
                     ):
                         return self._reply(401, {"error": "invalid signature"})
                     with backend.lock:
-                        backend.callbacks.append(json.loads(body))
+                        callback = json.loads(body)
+                        backend.callbacks.append(callback)
+                        if callback.get("status") in ("completed", "failed", "cancelled"):
+                            backend.finished_at.setdefault(callback.get("job_id"), time.time())
                     return self._reply(200, {"success": True})
                 if self.path.startswith("/functions/v1/"):
                     with backend.lock:

@@ -29,20 +29,14 @@ from shared.settings import Settings
 
 log = get_logger(component="callback")
 
-# An entry being sent is hidden this long at most. A sender that dies gives its entries back
-# sooner: reaping a dead worker returns them with its jobs (shared/queue.py).
-OUTBOX_CLAIM_SECONDS = 120.0
+OUTBOX_CLAIM_SECONDS = 120.0  # how long an entry being sent counts as claimed (for operators reading the set)
 OUTBOX_MAX_DELAY = 300.0
 
-# Entries being sent live in the sender's own sorted set (scored by when the claim lapses), so the
-# outbox itself holds only entries nobody is sending. Claiming first returns this sender's lapsed
-# claims, then moves due entries over: two flushers never send one entry at the same time.
+# Entries being sent live in the sender's own sorted set, so the outbox itself holds only entries
+# nobody is sending, and two flushers never send one entry at the same time. A sender that dies
+# mid-send gives them back when it is reaped (shared/queue.py); a live one always puts an entry
+# back or removes it. Claiming costs one script and one range query.
 _CLAIM_DUE = """
-local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
-for _, member in ipairs(lapsed) do
-  redis.call('ZREM', KEYS[2], member)
-  redis.call('ZADD', KEYS[1], ARGV[1], member)
-end
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, member in ipairs(due) do
   redis.call('ZREM', KEYS[1], member)
@@ -183,7 +177,7 @@ class CallbackSender:
                 self._record_rejected(raw, str(exc))
                 self.redis.zrem(self.sending_key, member)
                 done += 1
-            except (TransientError, httpx.HTTPError, OSError) as exc:
+            except Exception as exc:  # transient, or anything unexpected: back in the outbox, later
                 self._endpoint_failed = True
                 entry["attempts"] += 1
                 window = min(OUTBOX_MAX_DELAY, self.settings.retry_base_seconds * 2 ** entry["attempts"])

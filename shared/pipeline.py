@@ -64,3 +64,5 @@ class GenerationPipeline:
 
     def close(self) -> None:
         self._progress_pool.shutdown(wait=True)
+        if self.delivery.upload_pool is not None:
+            self.delivery.upload_pool.shutdown(wait=True)

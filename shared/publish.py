@@ -7,6 +7,8 @@ the storage row-level security requires.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
 from shared import media
@@ -20,35 +22,45 @@ def object_prefix(job: Job) -> str:
     return f"{job.user_id}/{job.id}"
 
 
+@dataclass
+class _Encoded:
+    """One output, encoded: its object, its thumbnail (if the bucket takes one), its asset metadata."""
+
+    kind: str
+    key: str
+    data: bytes
+    content_type: str
+    thumbnail: tuple[str, bytes] | None
+    metadata: dict[str, Any]
+
+
 def publish(result: Generated, job: Job, era: Era, uploader: Uploader, policy: BucketPolicy,
-            asset_facts: dict[str, Any] | None = None) -> list[Asset]:
-    """Encode every output, upload it and its thumbnail, and describe each as a callback asset."""
+            asset_facts: dict[str, Any] | None = None, pool: Executor | None = None) -> list[Asset]:
+    """Encode every output and upload it with its thumbnail; describe each as a callback asset.
+
+    With a `pool`, the outputs are encoded side by side and then every object is uploaded side
+    by side (a six-image job is two round trips to the store, not twelve). Any upload failing
+    fails the job; the keys are deterministic, so a retry overwrites what did get through.
+    """
     bucket = job.bucket(era)
     prefix = object_prefix(job)
-    assets: list[Asset] = []
-    for index, item in enumerate(result.items):
+    thumbnails = policy.accepts(bucket, "image/webp")  # v1 video buckets take videos only
+
+    def encode(index_item: tuple[int, ImageOutput | VideoOutput]) -> _Encoded:
+        index, item = index_item
         if isinstance(item, VideoOutput):
             data, content_type, key = media.mp4_bytes(item.frames, item.fps), "video/mp4", f"{prefix}/{index}.mp4"
             still = media.middle_frame(item.frames)
-            frame_count = len(item.frames)
-            meta: dict[str, Any] = {
-                "frame_num": frame_count, "fps": item.fps, "duration": round(frame_count / item.fps, 3),
-            }
+            count = len(item.frames)
+            meta: dict[str, Any] = {"frame_num": count, "fps": item.fps, "duration": round(count / item.fps, 3)}
             kind = "video"
         elif isinstance(item, ImageOutput):
-            data, content_type, key = media.png_bytes(item.image), "image/png", f"{prefix}/{index}.png"
             still = item.image
-            meta = {}
-            kind = "image"
+            data, content_type, key = media.png_bytes(still), "image/png", f"{prefix}/{index}.png"
+            meta, kind = {}, "image"
         else:
             raise TypeError(f"engine returned {type(item).__name__}, expected ImageOutput or VideoOutput")
-        uploader.upload(bucket, key, data, content_type)
-
-        thumbnail_key = None
-        if policy.accepts(bucket, "image/webp"):  # v1 video buckets take videos only
-            thumbnail_key = f"{prefix}/{index}.thumb.webp"
-            uploader.upload(bucket, thumbnail_key, media.thumbnail_webp(still), "image/webp")
-
+        thumbnail = (f"{prefix}/{index}.thumb.webp", media.thumbnail_webp(still)) if thumbnails else None
         meta.update({
             "width": still.width,
             "height": still.height,
@@ -64,8 +76,15 @@ def publish(result: Generated, job: Job, era: Era, uploader: Uploader, policy: B
         meta.update(_reference_facts(job))
         meta.update(asset_facts or {})
         meta.update(item.metadata)
-        assets.append(Asset(type=kind, key=key, thumbnail_key=thumbnail_key, metadata=meta))
-    return assets
+        return _Encoded(kind, key, data, content_type, thumbnail, meta)
+
+    run = pool.map if pool is not None else map
+    encoded = list(run(encode, enumerate(result.items)))
+    uploads = [(e.key, e.data, e.content_type) for e in encoded]
+    uploads += [(e.thumbnail[0], e.thumbnail[1], "image/webp") for e in encoded if e.thumbnail]
+    list(run(lambda upload: uploader.upload(bucket, *upload), uploads))
+    return [Asset(type=e.kind, key=e.key, thumbnail_key=e.thumbnail[0] if e.thumbnail else None, metadata=e.metadata)
+            for e in encoded]
 
 
 def job_metadata(job: Job, result: Generated | None = None, facts: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -2,11 +2,14 @@
 
 - claim: `BLMOVE` from the backend's queue (from the end that makes the era FIFO) into this
   worker's processing list, so an element is always in exactly one list.
-- attempts: counted per element (its SHA-1, so nothing is parsed) in the same atomic step that
-  returns it to the queue: a reaped job (its worker died) or a job given back for a retry. A
-  claim reads the count; a job past MAX_ATTEMPTS is dead-lettered.
-- lease: a key with an expiry that the heartbeat renews; while it exists the worker is alive.
-- reap: any worker moves the processing lists of a worker whose lease expired back to the queue.
+- lease: one sorted set of lease deadlines for the whole fleet; a heartbeat is one `ZADD`, and
+  one range query finds every dead worker. A registry (a hash) says which processing lists each
+  worker may hold, so nothing is ever found by `SCAN` or `KEYS`, and an idle worker costs the
+  same few commands a minute whether the fleet has 4 workers or 200.
+- attempts count GPU runs: while a batch is on the engine its elements' SHA-1s are in the
+  worker's running set. Reaping a dead worker returns all its jobs, and charges an attempt only
+  to those that were on the engine when it died (jobs claimed ahead or already generated go back
+  free). A retried job is charged when it is given back. A claim reads the count.
 - finish: the element leaves its processing list in the same transaction that records the
   job's result (and, when the callback could not be delivered yet, hands it to the outbox).
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,24 +30,33 @@ from shared.job import Era
 
 SOCKET_TIMEOUT = 15.0  # seconds; every blocking command waits less than its client's socket timeout
 
-# Return every element of a processing list to its queue, charging each one an attempt.
-_RETURN_ALL = """
-local returned = 0
-while true do
-  local element = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', ARGV[1])
-  if not element then return returned end
-  redis.call('HINCRBY', KEYS[3], redis.sha1hex(element), 1)
-  returned = returned + 1
+# Reap one worker in one atomic step: its processing lists back to their queues (an attempt
+# charged to the elements that were on its engine), its callbacks in flight back to the outbox,
+# and its lease and registry entry gone. KEYS: leases, registry, attempts, running, sending,
+# outbox, then (processing list, queue) pairs. ARGV: worker, now, the queue's pop end, and 1 to
+# reap even a live lease (a restart under the same id takes its own jobs back).
+_REAP = """
+if ARGV[4] ~= '1' then
+  local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  if deadline and tonumber(deadline) > tonumber(ARGV[2]) then return -1 end
 end
-"""
-
-
-# A dead worker's callbacks in flight: back to the outbox, due now.
-_RETURN_SENDING = """
-local members = redis.call('ZRANGE', KEYS[1], 0, -1)
-for _, member in ipairs(members) do redis.call('ZADD', KEYS[2], ARGV[1], member) end
-redis.call('DEL', KEYS[1])
-return #members
+local returned = 0
+for i = 7, #KEYS, 2 do
+  while true do
+    local element = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'RIGHT', ARGV[3])
+    if not element then break end
+    local digest = redis.sha1hex(element)
+    if redis.call('SISMEMBER', KEYS[4], digest) == 1 then redis.call('HINCRBY', KEYS[3], digest, 1) end
+    returned = returned + 1
+  end
+end
+for _, member in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do redis.call('ZADD', KEYS[6], ARGV[2], member) end
+redis.call('DEL', KEYS[4], KEYS[5])
+if ARGV[4] ~= '1' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+return returned
 """
 
 
@@ -79,6 +92,17 @@ def connect(url: str, socket_timeout: float = SOCKET_TIMEOUT) -> redis.Redis:
                                 socket_timeout=socket_timeout, socket_connect_timeout=min(socket_timeout, 10.0))
 
 
+def claim_client_for(client: redis.Redis) -> redis.Redis:
+    """A second client to the same server for blocking claims, which never retries on its own: a
+    claim cut short at shutdown must end, not reconnect and block again."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+
+
 def socket_timeout_of(client: redis.Redis) -> float | None:
     """The client's socket timeout: what it was given, else its connection class's default."""
     pool = client.connection_pool
@@ -107,87 +131,113 @@ class JobQueue:
         era: Era = "v1",
         lease_seconds: float = 30.0,
         max_attempts: int = 3,
+        claim_client: redis.Redis | None = None,
     ):
         if not queues:
             raise ValueError("a worker needs at least one queue")
         self.redis = client
+        # Claims block; a client of their own lets a stopping worker cut a block short (see
+        # `interrupt_claims`) without touching the connections its deliveries use.
+        self.claim_redis = claim_client or client
         self.worker_id = worker_id
         self.queues = tuple(queues)
         self.era = era
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self._rotation = 0
-        self._return_all = client.register_script(_RETURN_ALL)
-        self._return_sending = client.register_script(_RETURN_SENDING)
+        self._idle = False  # the last claim found every queue empty: block at once next time
+        self._reap = client.register_script(_REAP)
 
     # ------------------------------------------------------------------- life of a worker
 
     def register(self) -> int:
-        """Take the lease, then return to the queue anything a previous run under this id held."""
-        self.heartbeat()
-        return self.reap_worker(self.worker_id)
+        """Take the lease, record which lists this worker holds, and take back what a previous run
+        under this id held (a restart after a crash need not wait for its lease to lapse)."""
+        previous = self.redis.hget(keys.WORKER_QUEUES, self.worker_id)
+        held = set(json.loads(previous)) if previous else set()
+        returned = self._reap_lists(self.worker_id, held | set(self.queues), force=True)
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.WORKER_QUEUES, self.worker_id, json.dumps(list(self.queues)))
+        pipe.zadd(keys.LEASES, {self.worker_id: time.time() + self.lease_seconds})
+        pipe.execute()
+        return max(0, returned)
 
     def heartbeat(self) -> None:
-        pipe = self.redis.pipeline()
-        pipe.set(keys.lease(self.worker_id), str(time.time()), px=int(self.lease_seconds * 1000))
-        # Re-added every beat: a worker that was briefly presumed dead becomes visible again.
-        pipe.sadd(keys.WORKERS, self.worker_id)
-        pipe.execute()
+        """One ZADD. If a reaper took this worker for dead meanwhile, it re-registers its lists."""
+        added = self.redis.zadd(keys.LEASES, {self.worker_id: time.time() + self.lease_seconds})
+        if added:
+            self.redis.hset(keys.WORKER_QUEUES, self.worker_id, json.dumps(list(self.queues)))
 
     def deregister(self) -> None:
         """Clean exit: nothing is held any more, so the worker need not be watched."""
         if any(self.redis.llen(keys.processing(self.worker_id, q)) for q in self.queues):
             return  # keep the lease record; a reaper returns what is left once it expires
         pipe = self.redis.pipeline()
-        pipe.srem(keys.WORKERS, self.worker_id)
-        pipe.delete(keys.lease(self.worker_id))
+        pipe.zrem(keys.LEASES, self.worker_id)
+        pipe.hdel(keys.WORKER_QUEUES, self.worker_id)
+        pipe.delete(keys.running(self.worker_id))
         pipe.execute()
 
     def reap_dead_workers(self) -> int:
-        """Return the jobs of every worker whose lease has expired to their queues."""
-        returned = 0
-        for worker in self.redis.smembers(keys.WORKERS):
-            if worker == self.worker_id or self.redis.exists(keys.lease(worker)):
-                continue
-            returned += self.reap_worker(worker)
-            if not any(self.redis.exists(k) for k in self._processing_keys_of(worker)):
-                self.redis.srem(keys.WORKERS, worker)
-        return returned
-
-    def _processing_keys_of(self, worker: str) -> list[str]:
-        return list(self.redis.scan_iter(match=f"{keys.PREFIX}processing:{worker}:*", count=100))
+        """Return the jobs of every worker whose lease has lapsed: one range query, then per dead
+        worker its registry entry and one atomic reap."""
+        dead = self.redis.zrangebyscore(keys.LEASES, "-inf", time.time())
+        return sum(max(0, self.reap_worker(w)) for w in dead if w != self.worker_id)
 
     def reap_worker(self, worker: str) -> int:
-        """Move a worker's held jobs back to the front of their queues, charging each an attempt, and
-        the callbacks it was sending from the outbox back to the outbox."""
-        returned = 0
-        prefix = f"{keys.PREFIX}processing:{worker}:"
-        for pkey in self._processing_keys_of(worker):
-            returned += int(self._return_all(keys=[pkey, pkey[len(prefix):], keys.ATTEMPTS],
-                                             args=[pop_end(self.era)]))
-        self._return_sending(keys=[keys.outbox_sending(worker), keys.OUTBOX], args=[time.time()])
-        return returned
+        """Move a dead worker's held jobs back to the front of their queues (charging the ones that
+        were on its engine), and its callbacks in flight back to the outbox."""
+        registered = self.redis.hget(keys.WORKER_QUEUES, worker)
+        queues = set(json.loads(registered)) if registered else set(self.queues)
+        return self._reap_lists(worker, queues, force=False)
+
+    def return_orphans(self) -> int:
+        """At a clean exit: anything still in this worker's processing lists is held by no task (a
+        claim cut short as an element arrived): back to the front of its queue, uncharged."""
+        return max(0, self._reap_lists(self.worker_id, self.queues, force=True))
+
+    def _reap_lists(self, worker: str, queues: Iterable[str], force: bool) -> int:
+        lists = [k for q in sorted(queues) for k in (keys.processing(worker, q), q)]
+        return int(self._reap(keys=[keys.LEASES, keys.WORKER_QUEUES, keys.ATTEMPTS, keys.running(worker),
+                                    keys.outbox_sending(worker), keys.OUTBOX, *lists],
+                              args=[worker, time.time(), pop_end(self.era), "1" if force else "0"]))
 
     # ------------------------------------------------------------------------- claiming
 
     def claim(self, block_seconds: float = 1.0) -> Claimed | None:
-        """Take the oldest waiting job from any of this worker's queues, or None after blocking."""
+        """Take the oldest waiting job from any of this worker's queues, or None after blocking.
+
+        One queue: one BLMOVE, which returns at once when a job waits. Several: while busy, a
+        sweep of non-blocking moves across them; once idle, one blocking move per call on each
+        queue in turn, each waiting its share of `block_seconds` (a job on another queue waits at
+        most that long).
+        """
         src = pop_end(self.era)
         n = len(self.queues)
-        for i in range(n):
-            queue = self.queues[(self._rotation + i) % n]
-            raw = self.redis.lmove(queue, keys.processing(self.worker_id, queue), src, "LEFT")
-            if raw is not None:
-                self._rotation = (self._rotation + i + 1) % n
-                return self._claimed(raw, queue)
+        if n > 1 and not self._idle:
+            for i in range(n):
+                queue = self.queues[(self._rotation + i) % n]
+                raw = self.claim_redis.lmove(queue, keys.processing(self.worker_id, queue), src, "LEFT")
+                if raw is not None:
+                    self._rotation = (self._rotation + i + 1) % n
+                    return self._claimed(raw, queue)
+            self._idle = True
         if block_seconds <= 0:
             return None
-        # Nothing anywhere: block on one queue (rotating) so an idle worker costs Redis nothing.
         queue = self.queues[self._rotation % n]
         self._rotation = (self._rotation + 1) % n
-        wait = min(max(0.01, block_seconds / n) if n > 1 else block_seconds, longest_block(self.redis))
-        raw = self.redis.blmove(queue, keys.processing(self.worker_id, queue), wait, src, "LEFT")
-        return self._claimed(raw, queue) if raw is not None else None
+        wait = max(0.01, min(block_seconds / n, longest_block(self.claim_redis)))
+        raw = self.claim_redis.blmove(queue, keys.processing(self.worker_id, queue), wait, src, "LEFT")
+        if raw is None:
+            return None
+        self._idle = False
+        return self._claimed(raw, queue)
+
+    def interrupt_claims(self) -> None:
+        """End a blocking claim now (at shutdown). An element the server moved just as the
+        connection closed stays in the processing list, where the reaper finds it."""
+        if self.claim_redis is not self.redis:
+            self.claim_redis.connection_pool.disconnect()
 
     def _claimed(self, raw: str, queue: str) -> Claimed:
         attempt_key = element_key(raw)
@@ -201,18 +251,31 @@ class JobQueue:
         """False when a reaper took the job back (this worker was presumed dead)."""
         return self.redis.lpos(claimed.processing_key, claimed.raw) is not None
 
+    def on_engine(self, claims: list[Claimed]) -> None:
+        """These jobs are on the GPU now: a death from here on is charged to them."""
+        if claims:
+            self.redis.sadd(keys.running(self.worker_id), *{c.attempt_key for c in claims})
+
+    def off_engine(self, claims: list[Claimed]) -> None:
+        """The engine is done with them: a death while they are delivered costs them nothing."""
+        if claims:
+            self.redis.srem(keys.running(self.worker_id), *{c.attempt_key for c in claims})
+
     # ------------------------------------------------------------------------ finishing
 
     def finish(self, claimed: Claimed, job_id: str | None = None, result: dict[str, Any] | None = None,
-               result_ttl: int = 7 * 86400, outbox_member: str | None = None) -> bool:
+               result_ttl: int = 7 * 86400, outbox_member: str | None = None, clear_cancel: bool = False) -> bool:
         """The job is done (its terminal callback accepted or in the outbox): let go of it."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.lrem(claimed.processing_key, 1, claimed.raw)
-        pipe.hdel(keys.ATTEMPTS, claimed.attempt_key)
+        if claimed.attempts > 1:  # a first attempt has no count to clear
+            pipe.hdel(keys.ATTEMPTS, claimed.attempt_key)
         if result is not None and job_id is not None:
             pipe.set(keys.result(job_id), json.dumps(result), ex=result_ttl)
         if outbox_member is not None:
             pipe.zadd(keys.OUTBOX, {outbox_member: time.time()})
+        if clear_cancel and job_id is not None:
+            pipe.delete(keys.cancel(job_id))
         removed = pipe.execute()[0]
         return bool(removed)
 
@@ -239,6 +302,8 @@ class JobQueue:
             pipe.set(keys.result(job_id), json.dumps(result), ex=result_ttl)
         if outbox_member is not None:
             pipe.zadd(keys.OUTBOX, {outbox_member: time.time()})
+        if job_id is not None:
+            pipe.delete(keys.cancel(job_id))
         pipe.execute()
 
 

@@ -29,8 +29,9 @@ from typing import Any
 
 import redis
 
+from shared import keys
 from shared.announce import announce_in_background
-from shared.batching import next_batch
+from shared.batching import BatchContext, next_batch
 from shared.claimer import Claimer
 from shared.decode import Plan
 from shared.engine import Engine
@@ -43,47 +44,9 @@ from shared.logging import get_logger
 from shared.metrics import WorkerMetrics
 from shared.outbox import CallbackSender
 from shared.pipeline import Pipeline
-from shared.queue import JobQueue, is_cancelled
+from shared.queue import JobQueue, claim_client_for
 from shared.settings import Settings
 from shared.task import Task
-
-PROGRESS_INTERVAL = 2.0  # at most one progress report per job this often
-CANCEL_POLL_INTERVAL = 0.5
-
-
-class _BatchContext:
-    """What the engine sees of the runtime during `run`: stop checks and progress, per input id."""
-
-    def __init__(self, worker: Worker, deadline: float, tasks: dict[str, Task]):
-        self.worker, self.deadline, self.tasks = worker, deadline, tasks
-        self._cancel_checked: dict[str, tuple[float, bool]] = {}
-
-    def check(self, item: Any) -> None:
-        worker, now = self.worker, time.monotonic()
-        if worker.stopping.is_set() and now >= worker.stop_deadline:
-            raise JobError("shutdown", "worker shut down before the job finished", retryable=True)
-        if now > self.deadline:
-            raise JobError("timeout", f"job ran past JOB_TIMEOUT_SECONDS={worker.settings.job_timeout_seconds:g}")
-        task = self.tasks.get(item.id)
-        if task is None or task.claimed is None:
-            return
-        checked_at, cancelled = self._cancel_checked.get(item.id, (0.0, False))
-        if now - checked_at >= CANCEL_POLL_INTERVAL:
-            cancelled = worker.job_cancelled(item.id)
-            self._cancel_checked[item.id] = (now, cancelled)
-        if cancelled:
-            raise JobError("cancelled", "cancelled by request")
-
-    def progress(self, item: Any, step: int, total: int) -> None:
-        task, now = self.tasks.get(item.id), time.monotonic()
-        if task is None or now - task.last_progress < PROGRESS_INTERVAL:
-            return
-        task.last_progress = now
-        meta = {"job_type": getattr(task.job, "type", None), "progress": round(step / max(total, 1), 4),
-                "step": step, "total_steps": total}
-        sent = self.worker.pipeline.progress(task, meta)
-        if sent is not None:
-            task.progress_sent.append(sent)
 
 
 class Worker:
@@ -97,7 +60,7 @@ class Worker:
         self.worker_id = settings.worker_id
         self.redis = redis_client
         self.queue = JobQueue(redis_client, self.worker_id, queues, self.era, settings.lease_seconds,
-                              settings.max_attempts)
+                              settings.max_attempts, claim_client=claim_client_for(redis_client))
         self.metrics = WorkerMetrics(self.worker_id, engine.name, self._queue_depths)
         self.log = get_logger(worker_id=self.worker_id, engine=engine.name)
         self.health_port = health_port if health_port is not None else settings.health_port
@@ -117,8 +80,11 @@ class Worker:
         self._claims = 0
         self._claimer_done = False
         self._counts = {"completed": 0, "failed": 0, "cancelled": 0, "retried": 0, "dead_lettered": 0}
-        self.post_pool = ThreadPoolExecutor(settings.post_workers, thread_name_prefix="post")
-        self._post_slots = threading.BoundedSemaphore(settings.post_workers * 2)
+        # Deliveries run side by side: by default enough for two full batches while the next one
+        # runs, so a fast GPU never waits on the store (each job also uploads its objects in parallel).
+        post_workers = settings.post_workers or max(4, 2 * engine.max_batch_images)
+        self.post_pool = ThreadPoolExecutor(post_workers, thread_name_prefix="post")
+        self._post_slots = threading.BoundedSemaphore(post_workers * 2)
         self.keeper = Keeper(self, outbox)
         self.http: HttpServer | None = None
 
@@ -169,6 +135,7 @@ class Worker:
         self.stopping.set()
         with self._cond:
             self._cond.notify_all()
+        self.queue.interrupt_claims()  # a claimer blocked on an empty queue stops waiting now
 
     def _on_signal(self, signum, _frame) -> None:
         if self.stopping.is_set():  # a second signal: stop now, requeueing the running batch
@@ -196,6 +163,8 @@ class Worker:
             close()
         self.keeper.stop()  # only now: a job still being delivered keeps its lease until here
         try:
+            if not self.keeper.pending_acks():  # else those elements wait for a reaper, not a requeue
+                self.queue.return_orphans()
             self.queue.deregister()
         except redis.RedisError:
             self.log.warning("deregister_failed")
@@ -221,11 +190,11 @@ class Worker:
         self.metrics.busy.set(1)
         started = time.monotonic()
         self.keeper.batch_started = started
-        tasks: dict[str, Task] = {}
-        ctx = _BatchContext(self, deadline=started + self.settings.job_timeout_seconds, tasks=tasks)
+        tasks = {task.job_id: task for task in batch}
+        ctx = BatchContext(self, deadline=started + self.settings.job_timeout_seconds, tasks=tasks)
+        ctx.poll_cancels(force=True)  # a job cancelled while it waited never starts
         live: list[Task] = []
         for task in batch:
-            tasks[task.job_id] = task
             try:
                 ctx.check(task.input)
             except JobError as exc:
@@ -247,7 +216,15 @@ class Worker:
         self.metrics.busy.set(0)
         self.state = "ready"
 
-    def _call_engine(self, live: list[Task], ctx: _BatchContext) -> list[Any]:
+    def _call_engine(self, live: list[Task], ctx: BatchContext) -> list[Any]:
+        claims = [t.claimed for t in live if t.claimed is not None]
+        self._redis_quietly(lambda: self.queue.on_engine(claims))  # a death from here on is charged
+        try:
+            return self._run_engine(live, ctx)
+        finally:
+            self._redis_quietly(lambda: self.queue.off_engine(claims))
+
+    def _run_engine(self, live: list[Task], ctx: BatchContext) -> list[Any]:
         try:
             outcomes = self.engine.run([t.input for t in live], ctx)
             if len(outcomes) != len(live):
@@ -290,8 +267,6 @@ class Worker:
 
     def _finish(self, task: Task, outcome: Any, dead_letter: str | None = None) -> None:
         try:
-            if not isinstance(outcome, JobError) and task.claimed and self.job_cancelled(task.job_id):
-                outcome = JobError("cancelled", "cancelled by request")
             if isinstance(outcome, JobError):
                 self._fail(task, outcome, dead_letter)
             else:
@@ -348,10 +323,23 @@ class Worker:
     # ----------------------------------------------------------------------- helpers
 
     def job_cancelled(self, job_id: str) -> bool:
+        return job_id in self.cancelled_among([job_id])
+
+    def cancelled_among(self, job_ids: list[str]) -> set[str]:
+        """Which of these jobs were cancelled: one MGET (none when Redis is away)."""
+        if not job_ids:
+            return set()
         try:
-            return is_cancelled(self.redis, job_id)
+            flags = self.redis.mget([keys.cancel(j) for j in job_ids])
         except redis.RedisError:
-            return False
+            return set()
+        return {j for j, flag in zip(job_ids, flags, strict=True) if flag}
+
+    def _redis_quietly(self, call: Callable[[], Any]) -> None:
+        try:
+            call()
+        except redis.RedisError as exc:  # bookkeeping only: the job goes on
+            self.log.warning("redis_bookkeeping_failed", error=str(exc))
 
     def _count(self, outcome: str, dead_letter: str | None = None) -> None:
         with self._cond:

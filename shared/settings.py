@@ -49,7 +49,9 @@ class Settings(BaseSettings):
     job_timeout_seconds: float = Field(default=1800.0, gt=0, validation_alias="JOB_TIMEOUT_SECONDS")
     shutdown_grace_seconds: float = Field(default=60.0, ge=0, validation_alias="SHUTDOWN_GRACE_SECONDS")
     batch_wait_ms: int = Field(default=50, ge=0, validation_alias="BATCH_WAIT_MS")
-    post_workers: int = Field(default=4, ge=1, validation_alias="POST_WORKERS")
+    # None: sized from the engine's output per batch (see Worker), so deliveries keep up with it.
+    post_workers: int | None = Field(default=None, ge=1, validation_alias="POST_WORKERS")
+    upload_concurrency: int = Field(default=16, ge=1, validation_alias="UPLOAD_CONCURRENCY")
     prefetch_jobs: int = Field(default=2, ge=0, validation_alias="PREFETCH_JOBS")
     presets_file: Path = Field(default=DEFAULT_PRESETS, validation_alias="PRESETS_FILE")
     preset_policy: Literal["payload", "preset"] = Field(default="payload", validation_alias="PRESET_POLICY")

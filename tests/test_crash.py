@@ -54,7 +54,7 @@ def test_kill_9_mid_job_another_worker_completes_everything_exactly_once(redis_c
         terminal = backend.terminal_callbacks(job_id)
         assert [c["status"] for c in terminal] == ["completed"], job_id
     assert redis_client.llen(keys.processing("victim", keys.SDXL_QUEUE)) == 0
-    assert "victim" not in redis_client.smembers(keys.WORKERS)
+    assert redis_client.zscore(keys.LEASES, "victim") is None  # reaped: off the lease list, once
 
 
 def test_sigterm_mid_batch_finishes_the_running_job_and_requeues_the_rest(redis_client, backend):

@@ -54,12 +54,13 @@ def test_a_dead_workers_jobs_go_back_to_the_front_of_the_queue(redis_client):
     dead.register()
     held = dead.claim(0)
     assert _claimed_id(held) == ids[0]
+    dead.on_engine([held])  # it died with this job on the GPU
     live = JobQueue(redis_client, "live", keys.JOB_QUEUES, "v1", lease_seconds=5)
     live.register()
     assert live.reap_dead_workers() == 0  # lease still valid: nothing taken
     time.sleep(0.3)
     assert live.reap_dead_workers() == 1
-    assert "dead" not in redis_client.smembers(keys.WORKERS)
+    assert redis_client.zscore(keys.LEASES, "dead") is None and not redis_client.hexists(keys.WORKER_QUEUES, "dead")
     again = live.claim(0)
     assert _claimed_id(again) == ids[0] and again.attempts == 2  # first in line again, attempt counted
 
@@ -115,6 +116,7 @@ def test_a_reaped_job_is_charged_its_attempt_in_the_same_step_that_returns_it(re
     dead = JobQueue(redis_client, "gone", keys.JOB_QUEUES, "v2")
     held = dead.claim(0)
     assert redis_client.hget(keys.ATTEMPTS, held.attempt_key) is None  # a claim charges nothing yet
+    dead.on_engine([held])
     assert JobQueue(redis_client, "live", keys.JOB_QUEUES, "v2").reap_worker("gone") == 1
     assert redis_client.hget(keys.ATTEMPTS, held.attempt_key) == "1"
     assert JobQueue(redis_client, "live", keys.JOB_QUEUES, "v2").claim(0).attempts == 2

@@ -264,7 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("what", choices=["fleet", "sdxl", "wan", "chat"])
-    bench.add_argument("--jobs", type=int, default=20)
+    bench.add_argument("--jobs", type=int, default=20, help="fleet: jobs per run")
+    bench.add_argument("--images", type=int, default=1, help="fleet: images per job")
+    bench.add_argument("--workers", type=int, default=0,
+                       help="fleet: simulate a fleet of N sim worker processes on one Redis instead")
+    bench.add_argument("--idle-seconds", type=float, default=20.0, help="fleet --workers: idle window measured")
     bench.add_argument("--gpu-seconds", type=float, default=1.0)
     bench.add_argument("--upload-latency", type=float, default=0.2)
     bench.add_argument("--callback-latency", type=float, default=0.05)

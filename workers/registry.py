@@ -104,6 +104,8 @@ def build_worker(engine: Engine, settings: Settings, *, redis_client=None, stora
                  queues: tuple[str, ...] | None = None, device: str = "cpu", max_jobs: int | None = None,
                  health_port: int | None = None, install_signal_handlers: bool = True):
     """An engine in the runtime, with its sources, decode and delivery wired from `settings`."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from shared.chat_client import request_enhancement
     from shared.deliver import Delivery
     from shared.fetch import ReferenceFetcher
@@ -129,7 +131,8 @@ def build_worker(engine: Engine, settings: Settings, *, redis_client=None, stora
     store = storage or make_storage(settings)
     uploader = Uploader(store, policy, settings.storage_retries, settings.retry_base_seconds)
     delivery = Delivery(settings.contract, uploader, policy, sender, client, settings.worker_id,
-                        settings.result_ttl_seconds)
+                        settings.result_ttl_seconds,
+                        upload_pool=ThreadPoolExecutor(settings.upload_concurrency, thread_name_prefix="upload"))
     enhance = None
     if spec.enhances_prompts:
         timeout = settings.wan.enhance_timeout_seconds

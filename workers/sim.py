@@ -84,8 +84,8 @@ class SimEngine(Engine):
                         )
                         outputs.append(VideoOutput(frames=frames, fps=item.fps, seed=seed, metadata=meta))
                     else:
-                        image = Image.fromarray(draw_frame(seed, item.width, item.height))
-                        outputs.append(ImageOutput(image=image, seed=seed, metadata=meta))
+                        outputs.append(ImageOutput(pixels=draw_frame(seed, item.width, item.height), seed=seed,
+                                                   metadata=meta))
                     self._simulate_gpu(item, ctx, started, index, item.count)
                 results.append(Generated(items=outputs))
             except JobError as exc:

@@ -15,6 +15,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -120,7 +121,7 @@ class SDXLEngine(Engine):
                 continue
             images += [_Image(item, i, seed, embeddings, item.reference) for i, seed in enumerate(item.seeds)]
 
-        produced: dict[tuple[str, int], Image.Image] = {}
+        produced: dict[tuple[str, int], np.ndarray] = {}
         cancelled: set[str] = set()  # inputs cancelled while sharing a call with others
         # Prompts of different lengths cannot share a call: group by embedding length.
         for length in sorted({im.embeddings.length for im in images}):
@@ -140,7 +141,7 @@ class SDXLEngine(Engine):
             if item.id in failures:
                 results.append(failures[item.id])
                 continue
-            pictures = [ImageOutput(image=produced[(item.id, i)], seed=seed) for i, seed in enumerate(item.seeds)]
+            pictures = [ImageOutput(pixels=produced[(item.id, i)], seed=seed) for i, seed in enumerate(item.seeds)]
             results.append(Generated(items=pictures, metadata={
                 "scheduler": item.scheduler, "compel": item.compel, "prompt_chunks": chunks[item.id]}))
         return results
@@ -184,7 +185,8 @@ class SDXLEngine(Engine):
         kwargs = dict(
             prompt_embeds=stack("positive"), negative_prompt_embeds=stack("negative"),
             pooled_prompt_embeds=stack("pooled_positive"), negative_pooled_prompt_embeds=stack("pooled_negative"),
-            num_inference_steps=steps, guidance_scale=guidance, output_type="pil",
+            # Pixels as floats: turning them into images is left to the delivery threads.
+            num_inference_steps=steps, guidance_scale=guidance, output_type="np",
             # CPU generators: the same seed gives the same noise on any GPU model.
             generator=[torch.Generator("cpu").manual_seed(im.seed) for im in images],
         )

@@ -72,7 +72,7 @@ class WANEngine(Engine):
                 for seed in item.seeds:
                     frames = self._generate_with_retry(item, seed, ctx)
                     if item.media == "image":
-                        outputs.append(ImageOutput(image=Image.fromarray(_to_uint8(frames[0])), seed=seed))
+                        outputs.append(ImageOutput(pixels=frames[0], seed=seed))  # made an image behind the GPU
                     else:
                         outputs.append(VideoOutput(frames=_to_uint8(frames), fps=item.fps, seed=seed))
                 meta = {"frame_num": item.frames, "fps": item.fps, "width": item.width, "height": item.height,
