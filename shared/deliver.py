@@ -76,6 +76,8 @@ class Delivery:
         record = {"status": body["status"], "assets": body["assets"], "error_message": error_message,
                   "metadata": body["metadata"], "worker_id": self.worker_id, "finished_at": time.time(),
                   "callback": delivery}
+        # Nothing between the accepted callback and the acknowledgement but this: a worker killed in
+        # that window is the one way a job is reported twice.
         if release is not None:
             release(record, member)
         else:  # nothing held in a queue: record the result and, if needed, hand the callback to the outbox
@@ -84,6 +86,8 @@ class Delivery:
             if member is not None:
                 pipe.zadd(keys.OUTBOX, {member: time.time()})
             pipe.execute()
+        if delivery == "delivered":
+            self.sender.endpoint_back()  # back after an outage: what waits in the outbox is due now
         if self.metrics is not None:
             self.metrics.jobs.labels(outcome_label(body["status"], outcome)).inc()
         return body

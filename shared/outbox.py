@@ -123,8 +123,10 @@ class CallbackSender:
             log.warning("callback_undelivered", job_id=body.get("job_id"), error=str(exc))
             self._endpoint_failed = True
             return "undelivered"
+        return "delivered"  # the caller acknowledges the job first, then calls `endpoint_back`
+
+    def endpoint_back(self) -> None:
         self._endpoint_back()
-        return "delivered"
 
     def _endpoint_back(self) -> None:
         """The endpoint answers again after failing: what waits in the outbox is sent next, not later."""

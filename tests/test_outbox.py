@@ -3,6 +3,8 @@ import time
 
 from shared import keys
 from shared.callback import build_callback
+from shared.deliver import Delivery
+from shared.errors import JobError
 from shared.outbox import CallbackSender
 from shared.queue import JobQueue
 
@@ -60,7 +62,8 @@ def test_when_the_endpoint_answers_again_the_outbox_is_due_at_once(make_settings
     assert sender.flush_outbox() == 0  # failed again: next try 50 to 100 s from now
     assert redis_client.zrangebyscore(keys.OUTBOX, "-inf", "+inf", withscores=True)[0][1] > time.time() + 40
     backend.callback.down = False
-    assert sender.deliver(build_callback("v2", "job-7", "completed")) == "delivered"
+    delivery = Delivery("v2", None, None, sender, redis_client, "w1")  # how every job is reported
+    assert delivery.deliver("job-7", JobError("cancelled", "cancelled by request"))["status"] == "cancelled"
     assert sender.flush_outbox() == 1  # due now, not in a minute
     assert {c["job_id"] for c in backend.terminal_callbacks()} == {"job-6", "job-7"}
 
