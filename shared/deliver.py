@@ -27,9 +27,12 @@ from shared.outbox import CallbackSender
 from shared.publish import job_metadata, publish
 from shared.storage import BucketPolicy, Uploader
 
-# The source's acknowledgement: given the result record and the outbox entry (if the callback
-# could not be delivered yet), remove the job from the source in one step.
-Release = Callable[[dict[str, Any], "str | None"], None]
+# How a job held in a queue is let go of, called with the result record and the callback's outbox
+# entry *before* the callback is sent. It returns None when the job is no longer this worker's (a
+# reaper took it back: no report), else what to do once the callback was sent: "handed_over" (the
+# sender settles the entry), or a function taking the delivery outcome (Redis was away: the
+# acknowledgement waits for it).
+Release = Callable[[dict[str, Any] | None, "str | None"], "str | Callable[[str], None] | None"]
 
 
 @dataclass
@@ -46,8 +49,8 @@ class Delivery:
 
     def deliver(self, job_id: str, outcome: Generated | JobError, *, job: Job | None = None,
                 facts: dict[str, Any] | None = None, asset_facts: dict[str, Any] | None = None,
-                started_at: float | None = None, release: Release | None = None) -> dict[str, Any]:
-        """Report one job's outcome, exactly once. Returns the callback body.
+                started_at: float | None = None, release: Release | None = None) -> dict[str, Any] | None:
+        """Report one job's outcome, exactly once. Returns the callback body (None: not ours to report).
 
         A JobError raised while publishing (storage refused or away) propagates before anything
         is sent, so the caller can retry the job or report that failure instead.
@@ -69,22 +72,27 @@ class Delivery:
             error_message = outcome.message
             body = build_callback(self.era, job_id, status, error_message=error_message, metadata=metadata)
 
+        entry = self.sender.outbox_entry(body)
+        record = {"status": body["status"], "assets": body["assets"], "error_message": error_message,
+                  "metadata": body["metadata"], "worker_id": self.worker_id, "finished_at": time.time()}
+        handed = release(record, entry) if release is not None else None
+        if release is not None and handed is None:
+            return None  # reclaimed by another worker while this one was presumed dead: it reports
         begun = time.monotonic()
         delivery = self.sender.deliver(body)
         self._observe("callback", time.monotonic() - begun)
-        member = self.sender.outbox_entry(body) if delivery == "undelivered" else None
-        record = {"status": body["status"], "assets": body["assets"], "error_message": error_message,
-                  "metadata": body["metadata"], "worker_id": self.worker_id, "finished_at": time.time(),
-                  "callback": delivery}
-        # Nothing between the accepted callback and the acknowledgement but this: a worker killed in
-        # that window is the one way a job is reported twice.
-        if release is not None:
-            release(record, member)
+        if handed == "handed_over":
+            try:
+                self.sender.settle(entry, delivery)
+            except redis.RedisError:  # the entry stays parked; reaping or shutdown returns it to the outbox
+                pass
+        elif callable(handed):
+            handed(delivery)
         else:  # nothing held in a queue: record the result and, if needed, hand the callback to the outbox
             pipe = self.redis.pipeline(transaction=True)
-            pipe.set(keys.result(job_id), json.dumps(record), ex=self.result_ttl_seconds)
-            if member is not None:
-                pipe.zadd(keys.OUTBOX, {member: time.time()})
+            pipe.set(keys.result(job_id), json.dumps({**record, "callback": delivery}), ex=self.result_ttl_seconds)
+            if delivery == "undelivered":
+                pipe.zadd(keys.OUTBOX, {entry: time.time()})
             pipe.execute()
         if delivery == "delivered":
             self.sender.endpoint_back()  # back after an outage: what waits in the outbox is due now

@@ -8,7 +8,6 @@ the job (attempts bound the retries). It stops only after the last job in hand i
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -45,6 +44,7 @@ class Keeper:
         self.worker = worker
         self.outbox = outbox
         self.batch_started: float | None = None  # set by the GPU loop while a batch runs
+        self.redis_retry_attempts = REDIS_RETRY_ATTEMPTS  # tries before an acknowledgement is deferred
         self._deferred: list[Callable[[], Any]] = []  # acknowledgements Redis refused; retried here
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -62,29 +62,38 @@ class Keeper:
         if self._thread.is_alive():
             self._thread.join(timeout=10)
 
-    def releaser(self, task: Task, dead_letter: str | None) -> Callable[[dict[str, Any] | None, str | None], None]:
-        """How a delivered job leaves its queue: acknowledged with its result, or dead-lettered."""
+    def releaser(self, task: Task, dead_letter: str | None):
+        """How a finished job leaves its queue, before its callback goes out (shared/deliver.py,
+        `Release`): handed over with its result (or dead-lettered) in one atomic step."""
         worker, claimed = self.worker, task.claimed
         ttl = worker.settings.result_ttl_seconds
 
-        def release(record: dict[str, Any] | None, outbox_member: str | None) -> None:
-            def let_go() -> None:
-                if dead_letter is not None:
-                    worker.queue.dead_letter(claimed, dead_letter, job_id=task.job_id or None,
-                                             outbox_member=outbox_member, result=record, result_ttl=ttl)
-                else:
-                    cancelled = bool(record) and record.get("metadata", {}).get("error_type") == "cancelled"
-                    worker.queue.finish(claimed, task.job_id or None, record, ttl, outbox_member,
-                                        clear_cancel=cancelled)
+        def release(record: dict[str, Any] | None, entry: str | None):
+            cancelled = bool(record) and record.get("metadata", {}).get("error_type") == "cancelled"
+
+            def hand_over(callback_entry: str | None) -> bool:
+                until = self.outbox.sending_deadline() if self.outbox is not None else None
+                return worker.queue.handover(claimed, task.job_id or None, record, callback_entry, ttl, dead_letter,
+                                             clear_cancel=cancelled, sending_until=until)
 
             try:
-                retry_redis(worker.log, let_go)
+                held = retry_redis(worker.log, lambda: hand_over(entry), self.redis_retry_attempts)
+                return "handed_over" if held else None
             except redis.RedisError:
-                # The callback went out but Redis is away: keep the job held (our lease protects it)
-                # and acknowledge it once Redis answers again.
-                worker.log.error("ack_deferred", job_id=task.job_id, record=json.dumps(record)[:200] if record else None)
-                with self._lock:
-                    self._deferred.append(let_go)
+                # Redis is away: the callback goes out now; the job stays held (our lease protects
+                # it) and is let go of once Redis answers, with the callback in the outbox if it
+                # could not be delivered.
+                worker.log.error("ack_deferred", job_id=task.job_id)
+
+                def after_sending(delivery: str) -> None:
+                    def let_go() -> None:
+                        if hand_over(entry) and entry is not None and self.outbox is not None:
+                            self.outbox.settle(entry, delivery)
+
+                    with self._lock:
+                        self._deferred.append(let_go)
+
+                return after_sending
 
         return release
 

@@ -29,13 +29,13 @@ from shared.settings import Settings
 
 log = get_logger(component="callback")
 
-OUTBOX_CLAIM_SECONDS = 120.0  # how long an entry being sent counts as claimed (for operators reading the set)
 OUTBOX_MAX_DELAY = 300.0
 
-# Entries being sent live in the sender's own sorted set, so the outbox itself holds only entries
-# nobody is sending, and two flushers never send one entry at the same time. A sender that dies
-# mid-send gives them back when it is reaped (shared/queue.py); a live one always puts an entry
-# back or removes it. Claiming costs one script and one range query.
+# Entries being sent live in the sender's own sorted set, scored by when the attempt is over, so
+# the outbox itself holds only entries nobody is sending, and two flushers never send one entry at
+# the same time. A sender that dies mid-send gives them back when it is reaped (shared/queue.py),
+# due once its attempt would have ended; a live one always puts an entry back or removes it.
+# Claiming costs one script and one range query.
 _CLAIM_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, member in ipairs(due) do
@@ -125,6 +125,22 @@ class CallbackSender:
             return "undelivered"
         return "delivered"  # the caller acknowledges the job first, then calls `endpoint_back`
 
+    def sending_deadline(self) -> float:
+        """When an attempt started now is over, delivered or not: an entry in this sender's set is
+        scored by it, and if the sender is reaped its entries are due again no earlier (a sender
+        that only stalled may still be finishing that attempt)."""
+        return time.time() + self.settings.callback_timeout_seconds + 1.0
+
+    def settle(self, entry: str, delivery: str) -> None:
+        """After a handed-over callback was sent: done with it, or into the outbox to be re-sent."""
+        pipe = self.redis.pipeline(transaction=False)  # one round trip; each step is safe on its own
+        if delivery == "undelivered":
+            pipe.zadd(keys.OUTBOX, {entry: time.time()})  # into the outbox first: never in neither
+        else:  # a reaper that took this (stalled) worker for dead may have queued it again: not needed now
+            pipe.zrem(keys.OUTBOX, entry)
+        pipe.zrem(self.sending_key, entry)
+        pipe.execute()
+
     def endpoint_back(self) -> None:
         self._endpoint_back()
 
@@ -163,7 +179,7 @@ class CallbackSender:
     def flush_outbox(self, limit: int = 20) -> int:
         """Send the due outbox entries once each; returns how many were delivered (or rejected)."""
         now = time.time()
-        due = self._claim_due(keys=[keys.OUTBOX, self.sending_key], args=[now, limit, now + OUTBOX_CLAIM_SECONDS])
+        due = self._claim_due(keys=[keys.OUTBOX, self.sending_key], args=[now, limit, self.sending_deadline()])
         done = 0
         for member in due:
             member = member.decode() if isinstance(member, bytes) else member

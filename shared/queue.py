@@ -34,7 +34,8 @@ SOCKET_TIMEOUT = 15.0  # seconds; every blocking command waits less than its cli
 # charged to the elements that were on its engine), its callbacks in flight back to the outbox,
 # and its lease and registry entry gone. KEYS: leases, registry, attempts, running, sending,
 # outbox, then (processing list, queue) pairs. ARGV: worker, now, the queue's pop end, and 1 to
-# reap even a live lease (a restart under the same id takes its own jobs back).
+# reap even a live lease (a restart under the same id takes its own jobs back). A callback in
+# flight is due again once its attempt would have ended (its score), in case the worker only stalled.
 _REAP = """
 if ARGV[4] ~= '1' then
   local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -50,13 +51,35 @@ for i = 7, #KEYS, 2 do
     returned = returned + 1
   end
 end
-for _, member in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do redis.call('ZADD', KEYS[6], ARGV[2], member) end
+local sending = redis.call('ZRANGE', KEYS[5], 0, -1, 'WITHSCORES')
+for i = 1, #sending, 2 do
+  redis.call('ZADD', KEYS[6], math.max(tonumber(ARGV[2]), tonumber(sending[i + 1])), sending[i])
+end
 redis.call('DEL', KEYS[4], KEYS[5])
 if ARGV[4] ~= '1' then
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
 end
 return returned
+"""
+
+
+# Hand a finished job over from the queue to its report, in one step, before the callback goes
+# out: the element leaves the processing list (0 if a reaper took it: someone else reports), the
+# callback is parked in this sender's set (a reaper returns it to the outbox if this worker dies
+# while sending), and the result is recorded. From here no reaper can run the job again, so a
+# worker that stalls past its lease while calling back cannot cause a second report. KEYS:
+# processing, sending, attempts, result, dead letters, cancel. ARGV: element, callback entry,
+# when its attempt is over, result JSON, result TTL, element SHA-1, dead-letter record, clear
+# attempts, clear cancel.
+_HANDOVER = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+if ARGV[2] ~= '' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2]) end
+if ARGV[4] ~= '' then redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[5]) end
+if ARGV[8] == '1' then redis.call('HDEL', KEYS[3], ARGV[6]) end
+if ARGV[7] ~= '' then redis.call('LPUSH', KEYS[5], ARGV[7]) end
+if ARGV[9] == '1' then redis.call('DEL', KEYS[6]) end
+return 1
 """
 
 
@@ -147,6 +170,7 @@ class JobQueue:
         self._rotation = 0
         self._idle = False  # the last claim found every queue empty: block at once next time
         self._reap = client.register_script(_REAP)
+        self._handover = client.register_script(_HANDOVER)
 
     # ------------------------------------------------------------------- life of a worker
 
@@ -278,6 +302,25 @@ class JobQueue:
             pipe.delete(keys.cancel(job_id))
         removed = pipe.execute()[0]
         return bool(removed)
+
+    def handover(self, claimed: Claimed, job_id: str | None, result: dict[str, Any] | None = None,
+                 callback_entry: str | None = None, result_ttl: int = 7 * 86400, dead_letter: str | None = None,
+                 clear_cancel: bool = False, sending_until: float | None = None) -> bool:
+        """Let go of a finished job before its callback is sent (see _HANDOVER). False: a reaper
+        took it back, and the worker that has it now reports it."""
+        dead = ""
+        if dead_letter is not None:
+            dead = json.dumps({"job_id": job_id, "queue": claimed.queue, "raw": claimed.raw, "reason": dead_letter,
+                               "attempts": claimed.attempts, "worker_id": self.worker_id, "at": time.time()})
+        result_key = keys.result(job_id) if job_id else keys.result("-")
+        held = self._handover(
+            keys=[claimed.processing_key, keys.outbox_sending(self.worker_id), keys.ATTEMPTS, result_key,
+                  keys.DEAD_LETTER, keys.cancel(job_id or "-")],
+            args=[claimed.raw, callback_entry or "", sending_until or time.time(),
+                  json.dumps(result) if result and job_id else "",
+                  result_ttl, claimed.attempt_key, dead, "1" if claimed.attempts > 1 or dead else "0",
+                  "1" if (clear_cancel or dead) and job_id else "0"])
+        return bool(held)
 
     def requeue(self, claimed: Claimed, count_attempt: bool = False) -> None:
         """Give a job back untouched to be claimed next: after a transient failure (the attempt

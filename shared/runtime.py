@@ -298,12 +298,8 @@ class Worker:
             self._count("retried")
 
     def _report(self, task: Task, outcome: Any, dead_letter: str | None = None) -> None:
-        """The one terminal report of a job, then let go of it at its source."""
+        """The one terminal report of a job; it leaves its source in the same step (shared/keeper.py)."""
         claimed = task.claimed
-        if claimed is not None and not retry_redis(self.log, lambda: self.queue.still_held(claimed)):
-            # A reaper took it back while we were presumed dead: the worker that has it now reports.
-            self.log.warning("job_reclaimed_elsewhere", job_id=task.job_id)
-            return
         # A late progress report landing after the terminal one would undo it (v1 applies every
         # callback), so the job's progress reports finish first.
         for sent in task.progress_sent:
@@ -313,8 +309,12 @@ class Worker:
                 pass
         release = self.keeper.releaser(task, dead_letter) if claimed is not None else None
         body = self.pipeline.report(task, outcome, release)
+        if body is None:
+            # A reaper took it back while we were presumed dead: the worker that has it now reports.
+            self.log.warning("job_reclaimed_elsewhere", job_id=task.job_id)
+            return
         status = "cancelled" if isinstance(outcome, JobError) and outcome.error_type == "cancelled" else (
-            body.get("status", "failed") if isinstance(body, dict) else "completed")
+            body.get("status", "failed"))
         self._count(status, dead_letter)
         if claimed is not None:
             self.metrics.stage_seconds.labels("total").observe(time.time() - claimed.claimed_at)

@@ -1,5 +1,6 @@
 import io
 import json
+import time
 
 import httpx
 import pytest
@@ -265,16 +266,16 @@ def test_an_ack_that_redis_refuses_is_retried_by_the_keeper(make_settings, redis
 
     job = submit(redis_client, "v1")
     with running_worker(make_settings(lease_seconds=0.6)) as worker:
-        worker.redis_retry_attempts = 2
-        real_finish, failures = worker.queue.finish, []
+        worker.keeper.redis_retry_attempts = 2
+        real_handover, failures = worker.queue.handover, []
 
-        def flaky_finish(*args, **kwargs):
+        def flaky_handover(*args, **kwargs):
             if len(failures) < 3:  # two tries in the post thread, one more from the keeper
                 failures.append(1)
                 raise redis_lib.ConnectionError("Redis went away")
-            return real_finish(*args, **kwargs)
+            return real_handover(*args, **kwargs)
 
-        worker.queue.finish = flaky_finish
+        worker.queue.handover = flaky_handover
         backend.wait_for_terminal(1)
         wait_until(lambda: redis_client.llen(keys.processing(worker.worker_id, keys.SDXL_QUEUE)) == 0, 10)
         assert len(failures) == 3
@@ -396,3 +397,26 @@ def test_every_asset_reports_num_inference_steps(make_settings, redis_client, ba
                 assert asset["metadata"]["num_inference_steps"] == asset["metadata"]["steps"] == steps
     else:  # v1 assets are bare keys; the job-level metadata carries the steps
         assert callbacks[image["id"]]["metadata"]["steps"] == 7
+
+
+def test_a_worker_that_stalls_past_its_lease_while_calling_back_reports_once(make_settings, redis_client, backend):
+    """The job leaves the queue before its callback goes out: a reaper finds nothing to run again,
+    and the callback it returns to the outbox is withdrawn when the stalled sender gets through."""
+    stalled = make_settings(lease_seconds=0.6, worker_id="stalled", callback_timeout_seconds=3.0)
+    with running_worker(make_settings(lease_seconds=0.6, worker_id="reaper"), queues=("elsewhere",)):
+        with running_worker(stalled) as worker:
+            sender = worker.pipeline.delivery.sender
+            real_deliver = sender.deliver
+
+            def stalled_deliver(body):  # the process starves while it calls back: presumed dead
+                worker.queue.heartbeat = lambda: None
+                time.sleep(2.0)  # longer than the whole lease
+                return real_deliver(body)
+
+            sender.deliver = stalled_deliver
+            job = submit(redis_client, "v1")
+            wait_until(lambda: worker.counts["completed"] == 1, 15)
+            assert redis_client.zscore(keys.LEASES, "stalled") is None  # it was reaped meanwhile
+        time.sleep(3.0)  # past the stalled attempt's deadline: anything left in the outbox would go out
+    assert [c["status"] for c in backend.terminal_callbacks(job["id"])] == ["completed"]
+    assert redis_client.zcard(keys.OUTBOX) == 0

@@ -69,8 +69,8 @@ def _run_serial(settings: Settings, queue: str, jobs: int, gpu_seconds: float) -
         plan = pipeline.plan(pipeline.parse(claimed.raw))
         sender.send_progress(build_callback("v1", plan.job.id, PROCESSING))
         result = engine.run([plan.input], NoStops())[0]
-        delivery.deliver(plan.job.id, result, job=plan.job, facts=plan.facts,
-                         release=lambda record, member, c=claimed, j=plan.job.id: job_queue.finish(c, j, record))
+        delivery.deliver(plan.job.id, result, job=plan.job, facts=plan.facts)  # call back, then let go
+        job_queue.finish(claimed, plan.job.id)
     return time.monotonic() - started
 
 

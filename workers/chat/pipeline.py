@@ -66,7 +66,7 @@ class ChatPipeline:
     def progress(self, task, meta: dict[str, Any]) -> None:
         return None
 
-    def report(self, task, outcome: Completion | JobError, release) -> dict[str, Any]:
+    def report(self, task, outcome: Completion | JobError, release) -> dict[str, Any] | None:
         status = "failed" if isinstance(outcome, JobError) else "completed"
         if task.future is not None:  # an HTTP request: its handler formats the answer
             task.future.set_result(outcome)
@@ -79,8 +79,8 @@ class ChatPipeline:
         if job is not None and job.reply_to:
             self.redis.pipeline().lpush(job.reply_to, json.dumps({"id": job.body.get("id"), **reply})) \
                 .expire(job.reply_to, REPLY_TTL).execute()
-        if release is not None:
-            release(None, None)  # acknowledged; a chat answer is not kept as a result record
+        if release is not None and release(None, None) is None:
+            return None  # taken back by a reaper meanwhile: the worker that has it answers (again)
         return {"status": status}
 
 
