@@ -85,6 +85,9 @@ class LocalBackend:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Buffered, so headers and body leave in one send: written in two, a response stalls
+            # about 40 ms on Nagle's algorithm and delayed ACKs, after the callback was recorded.
+            wbufsize = 64 * 1024
 
             def _reply(self, status: int, body: Any):
                 data = json.dumps(body).encode()
