@@ -6,6 +6,7 @@ import threading
 import time
 from contextlib import contextmanager
 
+from tests.backend_payloads import build_payload, push
 from workers.registry import build_worker
 from workers.sim import SimEngine
 
@@ -34,3 +35,13 @@ def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise TimeoutError(f"condition not met within {timeout}s")
+
+
+def submit(client, era, job_type="sdxl_image_fast", **kwargs):
+    """Push one small job as the backend would (64x64, 4 steps unless told otherwise)."""
+    kwargs.setdefault("width", 64)
+    kwargs.setdefault("height", 64)
+    kwargs.setdefault("steps", 4)
+    payload = build_payload(era, job_type, kwargs.pop("prompt", "a lighthouse"), **kwargs)
+    push(client, era, payload)
+    return payload
