@@ -74,13 +74,17 @@ class BatchContext:
         self.cancelled: set[str] = set()
         self._polled = float("-inf")
 
-    def poll_cancels(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._polled < CANCEL_POLL_INTERVAL:
-            return
-        self._polled = now
-        held = [job_id for job_id, task in self.tasks.items() if task.claimed is not None]
-        self.cancelled |= self.worker.cancelled_among(held)
+    def held_ids(self) -> list[str]:
+        """The batch's jobs held in a queue (only those can be cancelled there)."""
+        return [job_id for job_id, task in self.tasks.items() if task.claimed is not None]
+
+    def polled(self, cancelled: set[str]) -> None:
+        self.cancelled |= cancelled
+        self._polled = time.monotonic()
+
+    def poll_cancels(self) -> None:
+        if time.monotonic() - self._polled >= CANCEL_POLL_INTERVAL:
+            self.polled(self.worker.cancelled_among(self.held_ids()))
 
     def check(self, item: Any) -> None:
         worker, now = self.worker, time.monotonic()

@@ -83,23 +83,16 @@ class Claimer:
         try:
             task.job = w.pipeline.parse(claimed.raw)
             task.job_id = task.job.id
-        except BadPayload as exc:
-            if exc.job_id is None:  # no id to report to: the dead-letter list is where an operator looks
+        except Exception as exc:
+            if isinstance(exc, BadPayload) and exc.job_id is None:
+                # No id to report to: the dead-letter list is where an operator looks.
                 log.error("bad_payload_dead_lettered", error=exc.message)
                 reason = exc.message
                 retry_redis(w.log, lambda: w.queue.dead_letter(claimed, reason))
                 w._count("dead_lettered")
                 return
-            task.job_id = exc.job_id
-            w._submit_post(task, exc)
-            return
-        except JobError as exc:
-            task.job_id = exc.job_id or ""
-            w._submit_post(task, exc)
-            return
-        except Exception as exc:
-            log.exception("parse_failed")
-            w._submit_post(task, as_job_error(exc, "decoding"))
+            task.job_id = getattr(exc, "job_id", None) or ""
+            self._failed(task, exc, "decoding", log)
             return
         log = log.bind(job_id=task.job_id)
         if w.queue.over_attempts(claimed):
@@ -110,14 +103,17 @@ class Claimer:
         started = time.monotonic()
         try:
             task.plan = w.pipeline.plan(task.job)
-        except JobError as exc:
-            w._submit_post(task, exc)
-            return
         except Exception as exc:
-            log.exception("prepare_failed")
-            w._submit_post(task, as_job_error(exc, "preparation"))
+            self._failed(task, exc, "preparation", log)
             return
         w.metrics.stage_seconds.labels("prepare").observe(time.monotonic() - started)
         task.prepared_at = time.monotonic()
         log.info("job_claimed", job_type=getattr(task.job, "type", None))
         w._enqueue(task)
+
+    def _failed(self, task: Task, exc: Exception, stage: str, log) -> None:
+        """A job that cannot reach the GPU: its report goes out now (a JobError as raised; anything
+        else as an internal error, retried only if another try can succeed)."""
+        if not isinstance(exc, JobError):
+            log.exception(f"{stage}_failed")
+        self.worker._submit_post(task, as_job_error(exc, stage))

@@ -47,6 +47,14 @@ class PlanTools:
 Planner = Callable[[Job, PlanTools], Plan]
 
 
+def known_name(job: Job, normalize: Callable[[str], str]) -> str:
+    """The job's scheduler (or solver) in the engine's own spelling; an unknown one fails the job."""
+    try:
+        return normalize(job.scheduler)
+    except ValueError as exc:
+        raise JobError("invalid_parameter", str(exc), job_id=job.id) from None
+
+
 def require_fetcher(tools: PlanTools, job: Job) -> FetchImage:
     if tools.fetch_image is None:
         raise JobError("reference_error", "this worker has no reference fetcher configured", job_id=job.id)
@@ -80,9 +88,6 @@ class Decoder:
         plan = self.planner(job, self.tools)
         plan.facts = {**facts, **plan.facts}
         return plan
-
-    def decode(self, raw: Any) -> Plan:
-        return self.plan(self.parse(raw))
 
     def _enhanced(self, job: Job) -> tuple[str, str]:
         if self.enhance is None:

@@ -29,10 +29,9 @@ from shared.storage import BucketPolicy, Uploader
 
 # How a job held in a queue is let go of, called with the result record and the callback's outbox
 # entry *before* the callback is sent. It returns None when the job is no longer this worker's (a
-# reaper took it back: no report), else what to do once the callback was sent: "handed_over" (the
-# sender settles the entry), or a function taking the delivery outcome (Redis was away: the
-# acknowledgement waits for it).
-Release = Callable[[dict[str, Any] | None, "str | None"], "str | Callable[[str], None] | None"]
+# reaper took it back: no report), else what to call with the delivery outcome once the callback
+# was sent (settle the parked entry; or, if Redis was away, the acknowledgement waiting for it).
+Release = Callable[[dict[str, Any] | None, "str | None"], "Callable[[str], None] | None"]
 
 
 @dataclass
@@ -75,19 +74,14 @@ class Delivery:
         entry = self.sender.outbox_entry(body)
         record = {"status": body["status"], "assets": body["assets"], "error_message": error_message,
                   "metadata": body["metadata"], "worker_id": self.worker_id, "finished_at": time.time()}
-        handed = release(record, entry) if release is not None else None
-        if release is not None and handed is None:
+        settle = release(record, entry) if release is not None else None
+        if release is not None and settle is None:
             return None  # reclaimed by another worker while this one was presumed dead: it reports
         begun = time.monotonic()
         delivery = self.sender.deliver(body)
         self._observe("callback", time.monotonic() - begun)
-        if handed == "handed_over":
-            try:
-                self.sender.settle(entry, delivery)
-            except redis.RedisError:  # the entry stays parked; reaping or shutdown returns it to the outbox
-                pass
-        elif callable(handed):
-            handed(delivery)
+        if settle is not None:
+            settle(delivery)
         else:  # nothing held in a queue: record the result and, if needed, hand the callback to the outbox
             pipe = self.redis.pipeline(transaction=True)
             pipe.set(keys.result(job_id), json.dumps({**record, "callback": delivery}), ex=self.result_ttl_seconds)

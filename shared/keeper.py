@@ -78,7 +78,7 @@ class Keeper:
 
             try:
                 held = retry_redis(worker.log, lambda: hand_over(entry), self.redis_retry_attempts)
-                return "handed_over" if held else None
+                return self._settler(entry) if held else None
             except redis.RedisError:
                 # Redis is away: the callback goes out now; the job stays held (our lease protects
                 # it) and is let go of once Redis answers, with the callback in the outbox if it
@@ -87,8 +87,8 @@ class Keeper:
 
                 def after_sending(delivery: str) -> None:
                     def let_go() -> None:
-                        if hand_over(entry) and entry is not None and self.outbox is not None:
-                            self.outbox.settle(entry, delivery)
+                        if hand_over(entry):
+                            self._settler(entry)(delivery)
 
                     with self._lock:
                         self._deferred.append(let_go)
@@ -96,6 +96,19 @@ class Keeper:
                 return after_sending
 
         return release
+
+    def _settler(self, entry: str | None) -> Callable[[str], None]:
+        """After the callback went out: done with the parked entry, or into the outbox with it."""
+
+        def settle(delivery: str) -> None:
+            if entry is None or self.outbox is None:
+                return
+            try:
+                self.outbox.settle(entry, delivery)
+            except redis.RedisError:  # the entry stays parked; reaping or shutdown returns it to the outbox
+                self.worker.log.warning("callback_settle_failed")
+
+        return settle
 
     def pending_acks(self) -> int:
         with self._lock:

@@ -271,14 +271,11 @@ class JobQueue:
     def over_attempts(self, claimed: Claimed) -> bool:
         return claimed.attempts > self.max_attempts
 
-    def still_held(self, claimed: Claimed) -> bool:
-        """False when a reaper took the job back (this worker was presumed dead)."""
-        return self.redis.lpos(claimed.processing_key, claimed.raw) is not None
-
-    def on_engine(self, claims: list[Claimed]) -> None:
-        """These jobs are on the GPU now: a death from here on is charged to them."""
+    def on_engine(self, claims: list[Claimed], pipe=None) -> None:
+        """These jobs are on the GPU now: a death from here on is charged to them. With `pipe`, the
+        command joins that pipeline (the runtime sends it with the batch's cancellation read)."""
         if claims:
-            self.redis.sadd(keys.running(self.worker_id), *{c.attempt_key for c in claims})
+            (pipe or self.redis).sadd(keys.running(self.worker_id), *{c.attempt_key for c in claims})
 
     def off_engine(self, claims: list[Claimed]) -> None:
         """The engine is done with them: a death while they are delivered costs them nothing."""
@@ -288,26 +285,15 @@ class JobQueue:
     # ------------------------------------------------------------------------ finishing
 
     def finish(self, claimed: Claimed, job_id: str | None = None, result: dict[str, Any] | None = None,
-               result_ttl: int = 7 * 86400, outbox_member: str | None = None, clear_cancel: bool = False) -> bool:
-        """The job is done (its terminal callback accepted or in the outbox): let go of it."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.lrem(claimed.processing_key, 1, claimed.raw)
-        if claimed.attempts > 1:  # a first attempt has no count to clear
-            pipe.hdel(keys.ATTEMPTS, claimed.attempt_key)
-        if result is not None and job_id is not None:
-            pipe.set(keys.result(job_id), json.dumps(result), ex=result_ttl)
-        if outbox_member is not None:
-            pipe.zadd(keys.OUTBOX, {outbox_member: time.time()})
-        if clear_cancel and job_id is not None:
-            pipe.delete(keys.cancel(job_id))
-        removed = pipe.execute()[0]
-        return bool(removed)
+               result_ttl: int = 7 * 86400) -> bool:
+        """Let go of a done job, recording its result (no callback to park: see `handover`)."""
+        return self.handover(claimed, job_id, result, result_ttl=result_ttl)
 
     def handover(self, claimed: Claimed, job_id: str | None, result: dict[str, Any] | None = None,
                  callback_entry: str | None = None, result_ttl: int = 7 * 86400, dead_letter: str | None = None,
                  clear_cancel: bool = False, sending_until: float | None = None) -> bool:
-        """Let go of a finished job before its callback is sent (see _HANDOVER). False: a reaper
-        took it back, and the worker that has it now reports it."""
+        """Let go of a finished job before its callback is sent (see _HANDOVER), or dead-letter it.
+        False: a reaper took it back, and the worker that has it now reports it."""
         dead = ""
         if dead_letter is not None:
             dead = json.dumps({"job_id": job_id, "queue": claimed.queue, "raw": claimed.raw, "reason": dead_letter,
@@ -332,22 +318,9 @@ class JobQueue:
             pipe.hincrby(keys.ATTEMPTS, claimed.attempt_key, 1)
         pipe.execute()
 
-    def dead_letter(self, claimed: Claimed, reason: str, job_id: str | None = None,
-                    outbox_member: str | None = None, result: dict[str, Any] | None = None,
-                    result_ttl: int = 7 * 86400) -> None:
-        record = {"job_id": job_id, "queue": claimed.queue, "raw": claimed.raw, "reason": reason,
-                  "attempts": claimed.attempts, "worker_id": self.worker_id, "at": time.time()}
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.lrem(claimed.processing_key, 1, claimed.raw)
-        pipe.lpush(keys.DEAD_LETTER, json.dumps(record))
-        pipe.hdel(keys.ATTEMPTS, claimed.attempt_key)
-        if result is not None and job_id is not None:
-            pipe.set(keys.result(job_id), json.dumps(result), ex=result_ttl)
-        if outbox_member is not None:
-            pipe.zadd(keys.OUTBOX, {outbox_member: time.time()})
-        if job_id is not None:
-            pipe.delete(keys.cancel(job_id))
-        pipe.execute()
+    def dead_letter(self, claimed: Claimed, reason: str, job_id: str | None = None) -> None:
+        """Give up on a job that has no report to make (its payload has no id): to the dead-letter list."""
+        self.handover(claimed, job_id, dead_letter=reason)
 
 
 # ------------------------------------------------------------------------- cancellation
@@ -355,7 +328,3 @@ class JobQueue:
 
 def request_cancel(client: redis.Redis, job_id: str, ttl: int = 86400) -> None:
     client.set(keys.cancel(job_id), "1", ex=ttl)
-
-
-def is_cancelled(client: redis.Redis, job_id: str) -> bool:
-    return bool(client.exists(keys.cancel(job_id)))

@@ -44,7 +44,7 @@ from shared.logging import get_logger
 from shared.metrics import WorkerMetrics
 from shared.outbox import CallbackSender
 from shared.pipeline import Pipeline
-from shared.queue import JobQueue, claim_client_for
+from shared.queue import Claimed, JobQueue, claim_client_for
 from shared.settings import Settings
 from shared.task import Task
 
@@ -192,7 +192,7 @@ class Worker:
         self.keeper.batch_started = started
         tasks = {task.job_id: task for task in batch}
         ctx = BatchContext(self, deadline=started + self.settings.job_timeout_seconds, tasks=tasks)
-        ctx.poll_cancels(force=True)  # a job cancelled while it waited never starts
+        claims = self._begin_batch(ctx)
         live: list[Task] = []
         for task in batch:
             try:
@@ -206,25 +206,37 @@ class Worker:
             sent = self.pipeline.started(task)
             if sent is not None:
                 task.progress_sent.append(sent)
+        outcomes: list[Any] = []
         if live:
             self.metrics.batch_images.observe(sum(self.engine.cost(t.input) for t in live))
             outcomes = self._call_engine(live, ctx)
             self.metrics.stage_seconds.labels("gpu").observe(time.monotonic() - started)
-            for task, outcome in zip(live, outcomes, strict=True):
-                self._submit_post(task, outcome)
+        # Off the engine: a death while they are delivered costs them nothing.
+        self._redis_quietly(lambda: self.queue.off_engine(claims))
+        for task, outcome in zip(live, outcomes, strict=True):
+            self._submit_post(task, outcome)
         self.keeper.batch_started = None
         self.metrics.busy.set(0)
         self.state = "ready"
 
-    def _call_engine(self, live: list[Task], ctx: BatchContext) -> list[Any]:
-        claims = [t.claimed for t in live if t.claimed is not None]
-        self._redis_quietly(lambda: self.queue.on_engine(claims))  # a death from here on is charged
+    def _begin_batch(self, ctx: BatchContext) -> list[Claimed]:
+        """One round trip before the engine runs: which jobs were cancelled while they waited (they
+        never start), and the batch marked as on the engine (a death from here on is charged)."""
+        claims = [task.claimed for task in ctx.tasks.values() if task.claimed is not None]
+        if not claims:
+            return claims
+        held = ctx.held_ids()
         try:
-            return self._run_engine(live, ctx)
-        finally:
-            self._redis_quietly(lambda: self.queue.off_engine(claims))
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.mget([keys.cancel(job_id) for job_id in held])
+            self.queue.on_engine(claims, pipe)
+            flags = pipe.execute()[0]
+            ctx.polled({job_id for job_id, flag in zip(held, flags, strict=True) if flag})
+        except redis.RedisError as exc:  # bookkeeping only: the batch goes on
+            self.log.warning("redis_bookkeeping_failed", error=str(exc))
+        return claims
 
-    def _run_engine(self, live: list[Task], ctx: BatchContext) -> list[Any]:
+    def _call_engine(self, live: list[Task], ctx: BatchContext) -> list[Any]:
         try:
             outcomes = self.engine.run([t.input for t in live], ctx)
             if len(outcomes) != len(live):
@@ -321,9 +333,6 @@ class Worker:
             self.log.info("job_reported", job_id=task.job_id, status=status)
 
     # ----------------------------------------------------------------------- helpers
-
-    def job_cancelled(self, job_id: str) -> bool:
-        return job_id in self.cancelled_among([job_id])
 
     def cancelled_among(self, job_ids: list[str]) -> set[str]:
         """Which of these jobs were cancelled: one MGET (none when Redis is away)."""

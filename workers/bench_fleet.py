@@ -23,7 +23,7 @@ from shared.presets import load_presets
 from shared.queue import JobQueue, connect
 from shared.settings import Settings
 from shared.storage import BucketPolicy, SupabaseStorage, Uploader
-from workers.registry import build_worker
+from workers.registry import build_pipeline, build_worker
 from workers.sim import SimEngine
 from workers.submit import push, submission
 
@@ -57,8 +57,7 @@ def _run_serial(settings: Settings, queue: str, jobs: int, gpu_seconds: float) -
     client = connect(settings.effective_redis_url)
     job_queue = JobQueue(client, settings.worker_id, (queue,), "v1")
     engine = SimEngine(gpu_seconds=gpu_seconds)
-    worker = build_worker(engine, settings, redis_client=client, queues=(queue,), install_signal_handlers=False)
-    pipeline = worker.pipeline
+    pipeline = build_pipeline(engine, settings, client)
     policy = BucketPolicy(load_presets(str(settings.presets_file)))
     sender = CallbackSender(settings, client)
     delivery = Delivery("v1", Uploader(SupabaseStorage(settings.supabase_url, BENCH_KEY), policy, attempts=1), policy,

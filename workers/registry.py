@@ -100,10 +100,9 @@ def spec_for(engine: Engine | str) -> EngineSpec:
     return ENGINES[name]
 
 
-def build_worker(engine: Engine, settings: Settings, *, redis_client=None, storage=None, sender=None,
-                 queues: tuple[str, ...] | None = None, device: str = "cpu", max_jobs: int | None = None,
-                 health_port: int | None = None, install_signal_handlers: bool = True):
-    """An engine in the runtime, with its sources, decode and delivery wired from `settings`."""
+def build_pipeline(engine: Engine, settings: Settings, client, *, storage=None, sender=None):
+    """Decode and delivery for a generation engine, wired from `settings`: what a queue worker, the
+    serverless handler and the serial benchmark all run around the engine."""
     from concurrent.futures import ThreadPoolExecutor
 
     from shared.chat_client import request_enhancement
@@ -112,9 +111,35 @@ def build_worker(engine: Engine, settings: Settings, *, redis_client=None, stora
     from shared.outbox import CallbackSender
     from shared.pipeline import GenerationPipeline
     from shared.presets import load_presets
+    from shared.storage import BucketPolicy, Uploader, make_storage
+
+    spec = spec_for(engine)
+    presets = load_presets(str(settings.presets_file))
+    policy = BucketPolicy(presets)
+    store = storage or make_storage(settings)
+    uploader = Uploader(store, policy, settings.storage_retries, settings.retry_base_seconds)
+    delivery = Delivery(settings.contract, uploader, policy, sender or CallbackSender(settings, client), client,
+                        settings.worker_id, settings.result_ttl_seconds,
+                        upload_pool=ThreadPoolExecutor(settings.upload_concurrency, thread_name_prefix="upload"))
+    enhance = None
+    if spec.enhances_prompts:
+        timeout = settings.wan.enhance_timeout_seconds
+
+        def enhance(prompt: str, job_type: str) -> str | None:
+            return request_enhancement(client, settings.contract, prompt, job_type, timeout)
+
+    decoder = Decoder(presets, settings.preset_policy, spec.planner, engine, spec.job_types,
+                      fetch_image=ReferenceFetcher(settings, store).fetch_image, enhance=enhance)
+    return GenerationPipeline(decoder, delivery, settings.contract)
+
+
+def build_worker(engine: Engine, settings: Settings, *, redis_client=None, storage=None, sender=None,
+                 queues: tuple[str, ...] | None = None, device: str = "cpu", max_jobs: int | None = None,
+                 health_port: int | None = None, install_signal_handlers: bool = True):
+    """An engine in the runtime, with its sources, decode and delivery wired from `settings`."""
+    from shared.outbox import CallbackSender
     from shared.queue import connect
     from shared.runtime import Worker
-    from shared.storage import BucketPolicy, Uploader, make_storage
 
     spec = spec_for(engine)
     client = redis_client or connect(settings.effective_redis_url)
@@ -126,22 +151,7 @@ def build_worker(engine: Engine, settings: Settings, *, redis_client=None, stora
         from workers.chat.pipeline import chat_worker
 
         return chat_worker(engine, settings, **common)
-    presets = load_presets(str(settings.presets_file))
-    policy = BucketPolicy(presets)
-    store = storage or make_storage(settings)
-    uploader = Uploader(store, policy, settings.storage_retries, settings.retry_base_seconds)
-    delivery = Delivery(settings.contract, uploader, policy, sender, client, settings.worker_id,
-                        settings.result_ttl_seconds,
-                        upload_pool=ThreadPoolExecutor(settings.upload_concurrency, thread_name_prefix="upload"))
-    enhance = None
-    if spec.enhances_prompts:
-        timeout = settings.wan.enhance_timeout_seconds
-
-        def enhance(prompt: str, job_type: str) -> str | None:
-            return request_enhancement(client, settings.contract, prompt, job_type, timeout)
-
-    decoder = Decoder(presets, settings.preset_policy, spec.planner, engine, spec.job_types,
-                      fetch_image=ReferenceFetcher(settings, store).fetch_image, enhance=enhance)
-    worker = Worker(engine, settings, GenerationPipeline(decoder, delivery, settings.contract), **common)
-    delivery.metrics = worker.metrics
+    pipeline = build_pipeline(engine, settings, client, storage=storage, sender=sender)
+    worker = Worker(engine, settings, pipeline, **common)
+    pipeline.delivery.metrics = worker.metrics
     return worker

@@ -22,12 +22,12 @@ class ServerlessRunner:
     """One request at a time: decode, run, deliver, with the worker's own decode and delivery."""
 
     def __init__(self, engine: Engine, settings: Settings, device: str, **wiring):
-        from workers.registry import build_worker
+        from shared.queue import connect
+        from workers.registry import build_pipeline
 
         self.engine = engine
-        # The same wiring as a queue worker (decode, storage, callbacks); only the source differs.
-        self.worker = build_worker(engine, settings, device=device, install_signal_handlers=False, **wiring)
-        self.pipeline = self.worker.pipeline
+        # The same decode and delivery as a queue worker; only the source differs.
+        self.pipeline = build_pipeline(engine, settings, connect(settings.effective_redis_url), **wiring)
         engine.setup(device)
 
     def handle(self, event: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from shared.contract import Job
-from shared.decode import Plan, PlanTools, generation_of, require_fetcher
+from shared.decode import Plan, PlanTools, generation_of, known_name, require_fetcher
 from shared.engine_settings import SDXLSettings
 from shared.errors import JobError
 from shared.media import fit_image
@@ -19,10 +19,7 @@ from workers.sdxl.schedulers import normalize_scheduler
 
 def plan_sdxl(job: Job, tools: PlanTools, config: SDXLSettings | None = None) -> Plan:
     config = config or getattr(tools.engine, "config", None) or SDXLSettings()
-    try:
-        scheduler = normalize_scheduler(job.scheduler)
-    except ValueError as exc:
-        raise JobError("invalid_parameter", str(exc), job_id=job.id) from None
+    scheduler = known_name(job, normalize_scheduler)
     if job.width % 8 or job.height % 8:
         raise JobError("invalid_parameter", f"SDXL needs sizes in multiples of 8, got {job.width}x{job.height}",
                        job_id=job.id)

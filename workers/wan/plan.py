@@ -8,7 +8,7 @@ reported as made; reference frames are fetched and fitted when the loaded model 
 from __future__ import annotations
 
 from shared.contract import Job
-from shared.decode import Plan, PlanTools, generation_of, require_fetcher
+from shared.decode import Plan, PlanTools, generation_of, known_name, require_fetcher
 from shared.engine_settings import WANSettings
 from shared.errors import JobError
 from shared.media import fit_image
@@ -27,10 +27,7 @@ def valid_side(requested: int) -> int:
 
 def plan_wan(job: Job, tools: PlanTools, config: WANSettings | None = None) -> Plan:
     config = config or getattr(tools.engine, "config", None) or WANSettings()
-    try:
-        solver = normalize_solver(job.scheduler)
-    except ValueError as exc:
-        raise JobError("invalid_parameter", str(exc), job_id=job.id) from None
+    solver = known_name(job, normalize_solver)
     frames = 1 if job.media == "image" else valid_frame_count(job.frames)
     width, height = valid_side(job.width), valid_side(job.height)
     facts = {"requested_frames": job.frames, "requested_size": list(job.requested_size or (job.width, job.height))}
