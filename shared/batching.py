@@ -3,7 +3,8 @@
 `next_batch`: the first task in line, plus compatible ones (an equal `engine.batch_key`) up to
 `engine.max_batch_images` counted in `engine.cost`. A batch waits at most the batch window for
 company, and never when it is already full. `BatchContext`: the stop checks and progress
-reports the engine calls between steps.
+reports the engine calls between steps; `ContinuousContext` adds the joining and leaving of
+inputs between steps, for a continuous engine.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+import redis
+
+from shared import keys
 from shared.errors import JobError
 
 if TYPE_CHECKING:  # the runtime imports this module; only the type is needed here
@@ -51,7 +55,10 @@ def next_batch(worker: Worker) -> list[Task] | None:
         return batch
 
 
-def _take_compatible(worker: Worker, key, budget: int) -> list[Task]:
+def _take_compatible(worker: Worker, key, budget: int, in_line: bool = False) -> list[Task]:
+    """Ready tasks with this batch key, up to `budget` in cost. `in_line`: only from the head of
+    the line, stopping at the first task of another kind (so a continuous run that keeps
+    admitting never starves a different model waiting behind it)."""
     taken = []
     for task in list(worker._ready):
         cost = worker.engine.cost(task.input)
@@ -59,6 +66,8 @@ def _take_compatible(worker: Worker, key, budget: int) -> list[Task]:
             worker._ready.remove(task)
             taken.append(task)
             budget -= cost
+        elif in_line:
+            break
     return taken
 
 
@@ -69,31 +78,68 @@ class BatchContext:
     CANCEL_POLL_INTERVAL, not one read per job per step: a long video costs a few commands.
     """
 
-    def __init__(self, worker: Worker, deadline: float, tasks: dict[str, Task]):
-        self.worker, self.deadline, self.tasks = worker, deadline, tasks
+    def __init__(self, worker: Worker):
+        self.worker = worker
+        self.tasks: dict[str, Task] = {}
         self.cancelled: set[str] = set()
         self._polled = float("-inf")
 
-    def held_ids(self) -> list[str]:
-        """The batch's jobs held in a queue (only those can be cancelled there)."""
-        return [job_id for job_id, task in self.tasks.items() if task.claimed is not None]
+    def begin(self, tasks: list[Task]) -> list[Task]:
+        """Put `tasks` on the engine: the ones that may run, checked, stamped and reported started.
+        One Redis round trip first: which were cancelled while they waited (they never start), and
+        the held ones marked as on the engine (a death from here on is charged to them)."""
+        worker = self.worker
+        for task in tasks:
+            self.tasks[task.job_id] = task
+        claims = [task.claimed for task in tasks if task.claimed is not None]
+        if claims:
+            held = [task.job_id for task in tasks if task.claimed is not None]
+            try:
+                pipe = worker.redis.pipeline(transaction=False)
+                pipe.mget([keys.cancel(job_id) for job_id in held])
+                worker.queue.on_engine(claims, pipe)
+                flags = pipe.execute()[0]
+                self.cancelled |= {job_id for job_id, flag in zip(held, flags, strict=True) if flag}
+                self._polled = time.monotonic()
+            except redis.RedisError as exc:  # bookkeeping only: the batch goes on
+                worker.log.warning("redis_bookkeeping_failed", error=str(exc))
+        live, now = [], time.monotonic()
+        for task in tasks:
+            task.started_at = task.last_progress = now  # the start report counts toward the throttle
+            try:
+                self.check(task.input)
+            except JobError as exc:
+                self.finish(task.input, exc)
+                continue
+            live.append(task)
+            worker.metrics.stage_seconds.labels("wait_for_gpu").observe(now - task.prepared_at)
+            sent = worker.pipeline.started(task)
+            if sent is not None:
+                task.progress_sent.append(sent)
+        return live
 
-    def polled(self, cancelled: set[str]) -> None:
-        self.cancelled |= cancelled
-        self._polled = time.monotonic()
+    def finish(self, item: Any, outcome: Any) -> None:
+        """Off the engine (a death while it is delivered costs it nothing) and on to delivery."""
+        task = self.tasks[item.id]
+        if task.claimed is not None:
+            self.worker._redis_quietly(lambda: self.worker.queue.off_engine([task.claimed]))
+        self.worker._submit_post(task, outcome)
 
     def poll_cancels(self) -> None:
         if time.monotonic() - self._polled >= CANCEL_POLL_INTERVAL:
-            self.polled(self.worker.cancelled_among(self.held_ids()))
+            held = [job_id for job_id, task in self.tasks.items() if task.claimed is not None]
+            self.cancelled |= self.worker.cancelled_among(held)
+            self._polled = time.monotonic()
 
     def check(self, item: Any) -> None:
-        worker, now = self.worker, time.monotonic()
+        worker, now, task = self.worker, time.monotonic(), self.tasks.get(item.id)
         if worker.stopping.is_set() and now >= worker.stop_deadline:
             raise JobError("shutdown", "worker shut down before the job finished", retryable=True)
-        if now > self.deadline:
-            raise JobError("timeout", f"job ran past JOB_TIMEOUT_SECONDS={worker.settings.job_timeout_seconds:g}")
+        timeout = worker.settings.job_timeout_seconds
+        if task is not None and task.started_at is not None and now > task.started_at + timeout:
+            raise JobError("timeout", f"job ran past JOB_TIMEOUT_SECONDS={timeout:g}")
         self.poll_cancels()
-        if item.id in self.cancelled:
+        if item.id in self.cancelled or (task is not None and task.cancel_requested):
             raise JobError("cancelled", "cancelled by request")
 
     def progress(self, item: Any, step: int, total: int) -> None:
@@ -106,3 +152,44 @@ class BatchContext:
         sent = self.worker.pipeline.progress(task, meta)
         if sent is not None:
             task.progress_sent.append(sent)
+
+    def emit(self, item: Any, output: Any) -> None:
+        task = self.tasks.get(item.id)
+        if task is not None and task.stream is not None:
+            task.stream(output)
+
+    def admit(self, budget: int) -> list[Any]:
+        return []  # a batch is fixed once it starts
+
+
+class ContinuousContext(BatchContext):
+    """For a continuous engine: inputs join between steps (`admit`) and leave when done (`finish`).
+
+    The keeper's hung-engine watchdog watches the oldest input still on the engine, since the run
+    itself may go on for as long as work keeps arriving.
+    """
+
+    def __init__(self, worker: Worker, key):
+        super().__init__(worker)
+        self.key = key
+        self.done: set[str] = set()
+
+    def admit(self, budget: int) -> list[Any]:
+        worker = self.worker
+        if budget <= 0 or worker.stopping.is_set() or self.key is None:
+            return []
+        with worker._cond:
+            if not worker._ready:
+                return []
+            taken = _take_compatible(worker, self.key, budget, in_line=True)
+        live = self.begin(taken) if taken else []
+        return [task.input for task in live]
+
+    def finish(self, item: Any, outcome: Any) -> None:
+        self.done.add(item.id)
+        super().finish(item, outcome)
+        running = [t.started_at for j, t in self.tasks.items() if j not in self.done and t.started_at is not None]
+        self.worker.keeper.batch_started = min(running, default=time.monotonic())
+
+    def unfinished(self) -> list[Task]:
+        return [task for job_id, task in self.tasks.items() if job_id not in self.done]

@@ -4,6 +4,10 @@ An engine only computes. It gets model-facing inputs (`shared.inputs`), never a 
 or a bucket; it imports no Redis, HTTP, storage, callback or fetch module (import-linter checks
 this, see pyproject.toml); and it keeps nothing about a job once `run` returns. A `RunContext`
 lets it report progress and learn, between steps, that an input must stop.
+
+A *continuous* engine (`continuous = True`, the chat engine) keeps one `run` going while work
+arrives: between steps it takes newly ready inputs with `ctx.admit`, and hands each outcome back
+with `ctx.finish` the moment that input is done, so a short request never waits for a long one.
 """
 
 from __future__ import annotations
@@ -21,6 +25,17 @@ class RunContext(Protocol):
     def progress(self, item: Any, step: int, total: int) -> None:
         """Report progress; the runtime throttles what reaches the backend."""
 
+    def emit(self, item: Any, output: Any) -> None:
+        """Partial output (new tokens) for a caller that streams; dropped when nobody does."""
+
+    # Continuous engines only:
+    def admit(self, budget: int) -> list[Any]:
+        """Inputs that became ready since the last call, compatible with the running ones, up to
+        `budget` in `cost`; [] when none wait, or when an input of another kind is next in line."""
+
+    def finish(self, item: Any, outcome: Any) -> None:
+        """This input is done (a result or a JobError): its outcome goes out now."""
+
 
 class Engine:
     """Base class: override `setup` and `run`; the rest has sensible defaults."""
@@ -28,6 +43,9 @@ class Engine:
     name: str = "engine"
     max_batch_images: int = 1  # outputs per run() call
     batch_wait_ms: int | None = None  # how long a batch waits for company; None: the fleet's BATCH_WAIT_MS
+    # True: run() admits inputs between steps and finishes each through ctx.finish (see above);
+    # it returns once none are left, and its return value is ignored.
+    continuous: bool = False
 
     def setup(self, device: str) -> None:
         """Load weights and warm up; the worker reports ready only after this returns."""
@@ -55,4 +73,7 @@ class NoStops:
         pass
 
     def progress(self, item: Any, step: int, total: int) -> None:
+        pass
+
+    def emit(self, item: Any, output: Any) -> None:
         pass

@@ -70,7 +70,7 @@ def worker_app(health: Callable[[], tuple[int, dict[str, Any]]], metrics: Callab
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     @app.get("/health")
-    def _health() -> JSONResponse:
+    async def _health() -> JSONResponse:  # on the event loop: no thread hop for a probe that reads a flag
         status, body = health()
         return JSONResponse(body, status_code=status)
 

@@ -31,7 +31,7 @@ import redis
 
 from shared import keys
 from shared.announce import announce_in_background
-from shared.batching import BatchContext, next_batch
+from shared.batching import BatchContext, ContinuousContext, next_batch
 from shared.claimer import Claimer
 from shared.decode import Plan
 from shared.engine import Engine
@@ -44,7 +44,7 @@ from shared.logging import get_logger
 from shared.metrics import WorkerMetrics
 from shared.outbox import CallbackSender
 from shared.pipeline import Pipeline
-from shared.queue import Claimed, JobQueue, claim_client_for
+from shared.queue import JobQueue, claim_client_for
 from shared.settings import Settings
 from shared.task import Task
 
@@ -190,51 +190,24 @@ class Worker:
         self.metrics.busy.set(1)
         started = time.monotonic()
         self.keeper.batch_started = started
-        tasks = {task.job_id: task for task in batch}
-        ctx = BatchContext(self, deadline=started + self.settings.job_timeout_seconds, tasks=tasks)
-        claims = self._begin_batch(ctx)
-        live: list[Task] = []
-        for task in batch:
-            try:
-                ctx.check(task.input)
-            except JobError as exc:
-                self._submit_post(task, exc)
-                continue
-            task.started_at = task.last_progress = started  # the start report counts toward the throttle
-            live.append(task)
-            self.metrics.stage_seconds.labels("wait_for_gpu").observe(started - task.prepared_at)
-            sent = self.pipeline.started(task)
-            if sent is not None:
-                task.progress_sent.append(sent)
-        outcomes: list[Any] = []
+        continuous = self.engine.continuous
+        ctx = ContinuousContext(self, self.engine.batch_key(batch[0].input)) if continuous else BatchContext(self)
+        live = ctx.begin(batch)
         if live:
             self.metrics.batch_images.observe(sum(self.engine.cost(t.input) for t in live))
-            outcomes = self._call_engine(live, ctx)
+            if continuous:
+                self._run_continuous(live, ctx)
+            else:
+                outcomes = self._call_engine(live, ctx)
+                # Off the engine in one command: a death while they are delivered costs them nothing.
+                claims = [t.claimed for t in live if t.claimed is not None]
+                self._redis_quietly(lambda: self.queue.off_engine(claims))
+                for task, outcome in zip(live, outcomes, strict=True):
+                    self._submit_post(task, outcome)
             self.metrics.stage_seconds.labels("gpu").observe(time.monotonic() - started)
-        # Off the engine: a death while they are delivered costs them nothing.
-        self._redis_quietly(lambda: self.queue.off_engine(claims))
-        for task, outcome in zip(live, outcomes, strict=True):
-            self._submit_post(task, outcome)
         self.keeper.batch_started = None
         self.metrics.busy.set(0)
         self.state = "ready"
-
-    def _begin_batch(self, ctx: BatchContext) -> list[Claimed]:
-        """One round trip before the engine runs: which jobs were cancelled while they waited (they
-        never start), and the batch marked as on the engine (a death from here on is charged)."""
-        claims = [task.claimed for task in ctx.tasks.values() if task.claimed is not None]
-        if not claims:
-            return claims
-        held = ctx.held_ids()
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.mget([keys.cancel(job_id) for job_id in held])
-            self.queue.on_engine(claims, pipe)
-            flags = pipe.execute()[0]
-            ctx.polled({job_id for job_id, flag in zip(held, flags, strict=True) if flag})
-        except redis.RedisError as exc:  # bookkeeping only: the batch goes on
-            self.log.warning("redis_bookkeeping_failed", error=str(exc))
-        return claims
 
     def _call_engine(self, live: list[Task], ctx: BatchContext) -> list[Any]:
         try:
@@ -248,15 +221,33 @@ class Worker:
             self.log.exception("engine_error", job_ids=[t.job_id for t in live])
             return [as_job_error(exc, "generation")] * len(live)
 
+    def _run_continuous(self, live: list[Task], ctx: ContinuousContext) -> None:
+        """One run while work keeps arriving; each input is delivered as it finishes (ctx.finish)."""
+        try:
+            self.engine.run([t.input for t in live], ctx)
+            error = JobError("internal_error", "the engine returned without finishing this input")
+        except JobError as exc:
+            error = exc
+        except Exception as exc:
+            self.log.exception("engine_error", job_ids=[t.job_id for t in ctx.unfinished()])
+            error = as_job_error(exc, "generation")
+        for task in ctx.unfinished():
+            ctx.finish(task.input, error)
+
     # ------------------------------------------------------------------ sources, decode
 
-    def submit(self, plan: Plan) -> Future:
-        """A local source (the chat HTTP API): run `plan` with the queued work; the future gets the outcome."""
+    def submit(self, plan: Plan, stream: Callable[[Any], None] | None = None) -> Task:
+        """A local source (the chat HTTP API): run `plan` with the queued work. `task.future` gets
+        the outcome; `stream`, if given, each partial output the engine emits (it must not block)."""
         if self.state not in ("ready", "busy"):
             raise RuntimeError(f"worker is {self.state}")
-        task = Task(job_id=plan.input.id, job=plan.job, plan=plan, future=Future())
+        task = Task(job_id=plan.input.id, job=plan.job, plan=plan, future=Future(), stream=stream)
         self._enqueue(task)
-        return task.future
+        return task
+
+    def cancel_local(self, task: Task) -> None:
+        """A local caller gave up: the task stops at the engine's next check (or never starts)."""
+        task.cancel_requested = True
 
     def _enqueue(self, task: Task) -> None:
         with self._cond:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,8 @@ class Task:
     started_at: float | None = None
     last_progress: float = 0.0
     progress_sent: list[Future] = field(default_factory=list)  # awaited before the terminal report
+    stream: Callable[[Any], None] | None = None  # a local caller that wants partial output (never blocks)
+    cancel_requested: bool = False  # a local caller gave up (disconnected, a stop sequence was met)
 
     @property
     def input(self) -> Any:

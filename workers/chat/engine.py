@@ -1,9 +1,11 @@
 """The chat engine: Qwen2.5 (instruct, and base when configured) generating for batches of requests.
 
-An engine of the same runtime as SDXL and WAN: the runtime batches concurrent requests (HTTP
-and `chat_queue` alike, up to CHAT_MAX_BATCH, after a CHAT_BATCH_WAIT_MS window) and calls
-`run`; each row keeps its own sampling settings, length and seed. Decode (workers/chat/service.py)
-has already turned a request into token ids that fit the model's context.
+An engine of the same runtime as SDXL and WAN, and a continuous one: `run` keeps decoding while
+requests (HTTP and `chat_queue` alike) join between steps, up to CHAT_MAX_BATCH rows, and each
+leaves the moment it is done, so a 4-token enhancement never waits behind a 600-token chat. Each
+row keeps its own sampling settings, length and seed. Decode (workers/chat/service.py) has
+already turned a request into token ids that fit the model's context; the generator
+(workers/chat/generator.py, or vLLM) owns the batch between steps.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from shared.engine_settings import ChatSettings
 from shared.errors import JobError
 from shared.gpu import resolve_dtype
 from shared.logging import get_logger
-from workers.chat.generator import Completion, Request, TextGenerator
+from workers.chat.generator import Request, TextGenerator
 
 log = get_logger(component="chat")
 
@@ -50,6 +52,7 @@ class LoadedModel:
 
 class ChatEngine(Engine):
     name = "chat"
+    continuous = True
 
     def __init__(self, model: str, config: ChatSettings | None = None):
         self.model_path = model
@@ -58,7 +61,7 @@ class ChatEngine(Engine):
         self.batch_wait_ms = self.config.batch_wait_ms
         self.models: dict[str, LoadedModel] = {}
         self.device = "cpu"
-        self.batch_sizes: list[int] = []  # rows per generate call, for tests and metrics
+        self.batch_sizes: list[int] = []  # the most rows decoded together in each run, for tests and metrics
 
     def setup(self, device: str) -> None:
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -90,10 +93,45 @@ class ChatEngine(Engine):
     def batch_key(self, item: ChatInput) -> Hashable:
         return item.model  # one model per generate call
 
-    def run(self, items: list[ChatInput], ctx: RunContext) -> list[Completion | JobError]:
-        model = self.models[items[0].model]
-        self.batch_sizes.append(len(items))
-        return list(model.generator.generate([item.request for item in items]))
+    def run(self, items: list[ChatInput], ctx: RunContext) -> list[Any]:
+        """Decode until no row is left, taking in new requests between steps (see module doc)."""
+        generator = self.models[items[0].model].generator
+        live: dict[str, ChatInput] = {}
+        peak = 0
+        try:
+            while True:
+                for item in items:
+                    try:
+                        generator.add(item.id, item.request)
+                    except ValueError as exc:  # decode keeps prompts inside the context; this is the last guard
+                        ctx.finish(item, JobError("bad_request", str(exc)))
+                        continue
+                    live[item.id] = item
+                for item in list(live.values()):
+                    try:
+                        ctx.check(item)
+                    except JobError as exc:  # cancelled, timed out, shutting down: its row leaves now
+                        generator.abort(item.id)
+                        del live[item.id]
+                        ctx.finish(item, exc)
+                if not live:
+                    return []
+                peak = max(peak, len(live))
+                for update in generator.step():
+                    item = live.get(update.key)
+                    if item is None:
+                        continue
+                    if update.token_ids:
+                        ctx.emit(item, update.token_ids)
+                    if update.completion is not None:
+                        del live[item.id]
+                        ctx.finish(item, update.completion)
+                items = ctx.admit(self.max_batch_images - len(live))
+        except BaseException:
+            generator.reset()  # the batch state after a failed step is not to be trusted
+            raise
+        finally:
+            self.batch_sizes.append(peak)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "models": sorted(self.models), "backend": self.config.backend}

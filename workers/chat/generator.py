@@ -1,18 +1,35 @@
-"""Batched text generation with per-request sampling: the chat worker's engine.
+"""Continuous batching on transformers: requests join and leave the batch between decoding steps.
 
-A hand-written decoding loop rather than `model.generate`, because requests batched together may
-want different temperatures, top-p, penalties, lengths and seeds: each row keeps its own. Prompts
-are left-padded with position ids that ignore the padding, so a row decodes the same tokens
-batched or alone (greedy decoding; equal within float error).
+Why not transformers' own continuous batching (`init_continuous_batching`, transformers 5)? It
+takes temperature, top-p and top-k per request, but one seed for the whole process and no
+per-request greedy rows or repetition, presence and frequency penalties, and this service
+promises each of those per request ("same seed, same answer"). So the scheduling loop is ours;
+the model call is transformers'.
+
+One `step()`:
+1. rows already decoding feed their newest token (one position each);
+2. requests added since the last step are prefilled together (left-padded, keeping only the last
+   position's logits) and their KV cache is joined to the batch's;
+3. one sampling call picks every row's next token on the device (workers/chat/sampling.py) and
+   one copy brings them to the host;
+4. rows that met a stop token or their budget leave: their cache rows are dropped, and padding
+   columns that no remaining row needs are trimmed.
+Rows stay right-aligned: every row's newest token is in the last column, padding is on the left
+and masked, and position ids ignore the padding, so a row decodes the same tokens batched or
+alone (greedy; equal within float error).
 """
 
 from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
+
+from workers.chat.sampling import BatchSampler, RowSampling
 
 
 @dataclass
@@ -23,7 +40,13 @@ class Request:
     top_p: float = 0.9
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     seed: int | None = None
+    ignore_eos: bool = False  # exactly max_tokens tokens (benchmarks; `ignore_eos` on /v1)
+
+    def sampling(self) -> RowSampling:
+        return RowSampling(self.temperature, self.top_p, self.repetition_penalty, self.presence_penalty,
+                           self.frequency_penalty, self.seed)
 
 
 @dataclass
@@ -33,6 +56,27 @@ class Completion:
     prompt_tokens: int
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Update:
+    """What one step did for one row: the tokens it added, and its completion once it is done."""
+
+    key: Hashable
+    token_ids: list[int]
+    completion: Completion | None = None
+
+
+@dataclass
+class _Row:
+    key: Hashable
+    request: Request
+    budget: int
+    started: float = field(default_factory=time.perf_counter)
+    produced: list[int] = field(default_factory=list)
+
+    def finish(self, reason: str) -> Completion:
+        return Completion(self.produced, reason, len(self.request.prompt_ids), time.perf_counter() - self.started)
 
 
 class TextGenerator:
@@ -48,6 +92,79 @@ class TextGenerator:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         # transformers >= 5.24 calls the KV cache `cache`; older releases `past_key_values`.
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.sampler = BatchSampler(int(model.get_output_embeddings().weight.shape[0]), device)
+        self.rows: list[_Row] = []  # decoding, in the batch's row order
+        self.joining: list[_Row] = []  # prefilled at the next step
+        self.cache = self.mask = self.next_position = self.last = None
+
+    @property
+    def active(self) -> int:
+        return len(self.rows) + len(self.joining)
+
+    def add(self, key: Hashable, request: Request) -> None:
+        """Join the batch at the next step."""
+        budget = min(request.max_tokens, self.max_context - len(request.prompt_ids))
+        if budget < 1 or not request.prompt_ids:
+            raise ValueError(f"a prompt of {len(request.prompt_ids)} tokens leaves no room in a "
+                             f"{self.max_context}-token context")
+        self.joining.append(_Row(key, request, budget))
+
+    def abort(self, key: Hashable) -> None:
+        """Drop a row (cancelled, timed out) and free its share of the cache."""
+        self.joining = [r for r in self.joining if r.key != key]
+        keep = [i for i, r in enumerate(self.rows) if r.key != key]
+        if len(keep) < len(self.rows):
+            self._keep(keep)
+
+    def reset(self) -> None:
+        """Forget every row (after an error in a step the batch state is not to be trusted)."""
+        self.rows, self.joining = [], []
+        self.cache = self.mask = self.next_position = self.last = None
+        self.sampler.keep([])
+
+    @torch.inference_mode()
+    def step(self) -> list[Update]:
+        logits = []
+        if self.rows:
+            self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
+            self.cache, step_logits = self._forward(input_ids=self.last[:, None], attention_mask=self.mask,
+                                                    position_ids=self.next_position[:, None], cache=self.cache)
+            self.next_position = self.next_position + 1
+            logits.append(step_logits)
+        if self.joining:
+            joining, self.joining = self.joining, []
+            logits.append(self._prefill(joining))
+            self.rows += joining
+        if not logits:
+            return []
+        tokens = self.sampler.sample(torch.cat(logits))
+        self.last = tokens
+        updates, keep = [], []
+        for i, (row, token) in enumerate(zip(self.rows, tokens.tolist(), strict=True)):  # the one copy to the host
+            if token in self.stop_ids and not row.request.ignore_eos:
+                updates.append(Update(row.key, [], row.finish("stop")))  # the stop token is not part of the reply
+                continue
+            row.produced.append(token)
+            done = len(row.produced) >= row.budget
+            updates.append(Update(row.key, [token], row.finish("length") if done else None))
+            if not done:
+                keep.append(i)
+        if len(keep) < len(self.rows):
+            self._keep(keep)
+        return updates
+
+    def generate(self, requests: list[Request]) -> list[Completion]:
+        """All of `requests` to the end, together (warm-up, benchmarks); not while serving."""
+        if self.active:
+            raise RuntimeError("generate() needs an idle generator")
+        for index, request in enumerate(requests):
+            self.add(index, request)
+        done: dict[Hashable, Completion] = {}
+        while len(done) < len(requests):
+            done.update({u.key: u.completion for u in self.step() if u.completion is not None})
+        return [done[i] for i in range(len(requests))]
+
+    # ------------------------------------------------------------------------ internals
 
     def _forward(self, **kwargs):
         cache = kwargs.pop("cache", None)
@@ -57,68 +174,50 @@ class TextGenerator:
         cache = out["cache"] if "cache" in out else out.past_key_values
         return cache, out.logits[:, -1, :].float()
 
-    @torch.inference_mode()
-    def generate(self, requests: list[Request]) -> list[Completion]:
-        started = time.perf_counter()
-        rows = len(requests)
-        longest = max(len(r.prompt_ids) for r in requests)
-        ids = torch.full((rows, longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((rows, longest), dtype=torch.long)
-        for i, r in enumerate(requests):  # left padding: every row's last token is at the end
-            ids[i, longest - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
-            mask[i, longest - len(r.prompt_ids):] = 1
+    def _prefill(self, rows: list[_Row]) -> torch.Tensor:
+        """Prefill the joining rows together; their cache joins the batch's. Returns their logits."""
+        longest = max(len(r.request.prompt_ids) for r in rows)
+        ids = torch.full((len(rows), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        for i, r in enumerate(rows):  # left padding: every row's last token is at the end
+            ids[i, longest - len(r.request.prompt_ids):] = torch.tensor(r.request.prompt_ids)
+            mask[i, longest - len(r.request.prompt_ids):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        # Only the last position's logits: a full-vocabulary row per prompt token would be wasted.
+        cache, logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+        self._join_cache(cache, mask)
+        lengths = torch.tensor([len(r.request.prompt_ids) for r in rows], device=self.device)
+        self.next_position = lengths if self.next_position is None else torch.cat([self.next_position, lengths])
+        self.sampler.add([(r.request.sampling(), r.request.prompt_ids, r.budget) for r in rows])
+        return logits
 
-        generators = [torch.Generator("cpu").manual_seed(r.seed) if r.seed is not None else None for r in requests]
-        seen = [set(r.prompt_ids) for r in requests]  # for the repetition penalty
-        produced: list[list[int]] = [[] for _ in requests]
-        finished = [False] * rows
-        reasons = ["length"] * rows
-        budget = [min(r.max_tokens, self.max_context - len(r.prompt_ids)) for r in requests]
+    def _join_cache(self, cache, mask: torch.Tensor) -> None:
+        for layer in cache.layers:
+            if type(layer).__name__ != "DynamicLayer":
+                raise RuntimeError(f"continuous batching needs full-attention KV caches, got {type(layer).__name__}")
+        if self.cache is None:
+            self.cache, self.mask = cache, mask
+            return
+        width = max(self.mask.shape[1], mask.shape[1])
+        old, new = width - self.mask.shape[1], width - mask.shape[1]  # left padding for each side
+        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat([F.pad(mine.keys, (0, 0, old, 0)), F.pad(theirs.keys, (0, 0, new, 0))])
+            mine.values = torch.cat([F.pad(mine.values, (0, 0, old, 0)), F.pad(theirs.values, (0, 0, new, 0))])
+        self.mask = torch.cat([F.pad(self.mask, (old, 0)), F.pad(mask, (new, 0))])
 
-        cache, logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions)
-        last_position = positions[:, -1]
-        for _step in range(max(budget)):
-            next_tokens = []
-            for i, r in enumerate(requests):
-                if finished[i]:
-                    next_tokens.append(self.pad_id)
-                    continue
-                token = self._pick(logits[i], r, seen[i], produced[i], generators[i])
-                produced[i].append(token)
-                seen[i].add(token)
-                if token in self.stop_ids:
-                    finished[i], reasons[i] = True, "stop"
-                    produced[i].pop()  # the stop token is not part of the reply
-                elif len(produced[i]) >= budget[i]:
-                    finished[i] = True
-                next_tokens.append(token)
-            if all(finished):
-                break
-            step_ids = torch.tensor(next_tokens, device=self.device)[:, None]
-            mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=self.device)], dim=1)
-            last_position = last_position + 1
-            cache, logits = self._forward(input_ids=step_ids, attention_mask=mask,
-                                          position_ids=last_position[:, None], cache=cache)
-        seconds = time.perf_counter() - started
-        return [Completion(p, reason, len(r.prompt_ids), seconds)
-                for p, reason, r in zip(produced, reasons, requests, strict=True)]
-
-    @staticmethod
-    def _pick(logits: torch.Tensor, r: Request, seen: set[int], produced: list[int], generator) -> int:
-        logits = logits.clone()
-        if r.repetition_penalty != 1.0 and seen:
-            index = torch.tensor(sorted(seen), device=logits.device)
-            values = logits[index]
-            logits[index] = torch.where(values > 0, values / r.repetition_penalty, values * r.repetition_penalty)
-        if r.presence_penalty and produced:
-            logits[torch.tensor(sorted(set(produced)), device=logits.device)] -= r.presence_penalty
-        if r.temperature <= 0:
-            return int(torch.argmax(logits))
-        probs = torch.softmax(logits / r.temperature, dim=-1)
-        if r.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            keep = sorted_probs.cumsum(-1) - sorted_probs < r.top_p  # always keeps the top token
-            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-        return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+    def _keep(self, index: list[int]) -> None:
+        """Keep these rows (by position); trim padding columns that no remaining row needs."""
+        self.rows = [self.rows[i] for i in index]
+        self.sampler.keep(index)
+        if not index:
+            self.cache = self.mask = self.next_position = self.last = None
+            return
+        at = torch.tensor(index, dtype=torch.long, device=self.device)
+        self.mask, self.next_position, self.last = (t.index_select(0, at) for t in
+                                                    (self.mask, self.next_position, self.last))
+        first = int(self.mask.any(dim=0).nonzero()[0])  # columns before this are padding in every row
+        self.mask = self.mask[:, first:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, at)[:, :, first:]
+            layer.values = layer.values.index_select(0, at)[:, :, first:]
