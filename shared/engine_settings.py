@@ -64,15 +64,18 @@ class ChatSettings(BaseSettings):
     model_id: str = Field(default="Qwen/Qwen2.5-7B-Instruct", validation_alias="CHAT_MODEL_ID")
     base_model_id: str = Field(default="Qwen/Qwen2.5-7B", validation_alias="CHAT_BASE_MODEL_ID")
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(default="auto", validation_alias="CHAT_DTYPE")
-    max_batch: int = Field(default=8, ge=1, le=256, validation_alias="CHAT_MAX_BATCH")
-    batch_wait_ms: int = Field(default=20, ge=0, validation_alias="CHAT_BATCH_WAIT_MS")
+    max_batch: int = Field(default=64, ge=1, le=256, validation_alias="CHAT_MAX_BATCH",
+                           description="rows decoded together; requests past it wait for a row to free")
+    batch_wait_ms: int = Field(default=0, ge=0, validation_alias="CHAT_BATCH_WAIT_MS",
+                               description="wait for company before the first step (later arrivals join between steps)")
     max_request_bytes: int = Field(default=1024 * 1024, gt=0, validation_alias="CHAT_MAX_REQUEST_BYTES")
     max_context_tokens: int | None = Field(default=None, validation_alias="CHAT_MAX_CONTEXT_TOKENS")
     default_max_tokens: int = Field(default=512, ge=1, validation_alias="CHAT_DEFAULT_MAX_TOKENS")
     max_tokens_limit: int = Field(default=4096, ge=1, validation_alias="CHAT_MAX_TOKENS_LIMIT")
     request_timeout_seconds: float = Field(default=120.0, gt=0, validation_alias="CHAT_REQUEST_TIMEOUT_SECONDS")
     enhance_system_prompt: str = Field(default=DEFAULT_ENHANCE_SYSTEM_PROMPT, validation_alias="CHAT_ENHANCE_SYSTEM_PROMPT")
-    backend: Literal["transformers", "vllm"] = Field(default="transformers", validation_alias="CHAT_BACKEND")
+    backend: Literal["auto", "transformers", "vllm"] = Field(
+        default="auto", validation_alias="CHAT_BACKEND", description="auto: vllm on CUDA when installed, else transformers")
     vllm_gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1,
                                                validation_alias="CHAT_VLLM_GPU_MEMORY_UTILIZATION")
     consume_queue: bool = Field(default=True, validation_alias="CHAT_CONSUME_QUEUE")

@@ -243,66 +243,12 @@ def test_on_runpod_the_worker_announces_its_url(tiny_chat, make_settings, backen
         assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
 
 
-def test_bench_chat_compares_batched_and_single_on_equal_work(tiny_chat):
-    from workers.chat.bench import run_chat_bench
-
-    report = run_chat_bench(str(tiny_chat), device="cpu", requests=4, max_tokens=5)
-    assert report["batched"]["tokens"] == report["one_at_a_time"]["tokens"] == 20
-    assert report["batched"]["p50_latency_s"] <= report["batched"]["p95_latency_s"]
-    assert "tokens/s" in report["table"]
-
-
 def test_random_weights_chat_model_builds_from_a_config_folder(tiny_chat):
-    from workers.chat.bench import _load
-
-    net, tokenizer = _load(str(tiny_chat), "cpu", torch.float32, random_weights=True)
-    assert net.config.hidden_size == 32 and tokenizer.eos_token == "<|im_end|>"
-
-
-class _FakeVLLM:
-    """Stands in for the vllm package (not installable without CUDA) to check the adapter's mapping."""
-
-    def __init__(self):
-        import types
-
-        self.calls = []
-        fake = self
-
-        class SamplingParams:
-            def __init__(self, **kwargs):
-                self.__dict__.update(kwargs)
-
-        class LLM:
-            def __init__(self, **kwargs):
-                fake.init = kwargs
-                self.llm_engine = types.SimpleNamespace(model_config=types.SimpleNamespace(max_model_len=4096))
-
-            def generate(self, prompts, sampling_params, use_tqdm):
-                fake.calls.append((prompts, sampling_params))
-                return [types.SimpleNamespace(outputs=[types.SimpleNamespace(
-                    token_ids=tuple(range(p.max_tokens)), finish_reason="length")]) for p in sampling_params]
-
-        self.module = types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams)
-        self.inputs = types.SimpleNamespace(TokensPrompt=lambda prompt_token_ids: {"ids": prompt_token_ids})
-
-
-def test_vllm_backend_maps_each_request_to_its_own_sampling_params(monkeypatch, tiny_chat):
-    import sys
-
-    from workers.chat.vllm_backend import VLLMGenerator
-
-    fake = _FakeVLLM()
-    monkeypatch.setitem(sys.modules, "vllm", fake.module)
-    monkeypatch.setitem(sys.modules, "vllm.inputs", fake.inputs)
-    generator = VLLMGenerator(str(tiny_chat), AutoTokenizer.from_pretrained(tiny_chat), "bfloat16", None, 0.8)
-    assert generator.max_context == 4096 and fake.init["gpu_memory_utilization"] == 0.8
-    out = generator.generate([Request([1, 2, 3], max_tokens=4, temperature=0, seed=7),
-                              Request([4, 5], max_tokens=2, temperature=0.9, top_p=0.5, presence_penalty=0.3)])
-    prompts, params = fake.calls[0]
-    assert prompts == [{"ids": [1, 2, 3]}, {"ids": [4, 5]}]
-    assert (params[0].temperature, params[0].top_p, params[0].seed, params[0].max_tokens) == (0, 1.0, 7, 4)
-    assert (params[1].top_p, params[1].presence_penalty, params[1].ignore_eos) == (0.5, 0.3, False)
-    assert [c.token_ids for c in out] == [[0, 1, 2, 3], [0, 1]] and out[0].prompt_tokens == 3
+    engine = ChatEngine(str(tiny_chat), ChatSettings(consume_queue=False), random_weights=True)
+    engine.setup("cpu")
+    model = engine.models["qwen_instruct"]
+    assert model.generator.model.config.hidden_size == 32 and model.tokenizer.eos_token == "<|im_end|>"
+    assert engine.backend == "transformers"  # CHAT_BACKEND=auto on a CPU
 
 
 def test_selecting_vllm_without_it_installed_fails_clearly(tiny_chat, monkeypatch):

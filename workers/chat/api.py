@@ -1,4 +1,5 @@
-"""The chat worker's HTTP API, as the backend calls it: /chat, /enhance, /generate, /worker/info.
+"""The chat worker's HTTP API, as the backend calls it: /chat, /enhance, /generate, /worker/info
+(and, beside them under the same keys, the OpenAI-compatible /v1 routes: workers/chat/openai_api.py).
 
 Routes on the worker's FastAPI app (beside /health and /metrics). Order of checks: the body size
 (middleware, from Content-Length, before anything is read), then the bearer key (compared in
@@ -19,9 +20,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from shared.engine_settings import ChatSettings
 from shared.errors import JobError
 from shared.logging import get_logger
 from shared.runtime import Worker
+from workers.chat.openai_api import add_openai_routes
 from workers.chat.service import ChatJob
 
 log = get_logger(component="chat-api")
@@ -74,27 +77,36 @@ def _validation_message(exc: ValidationError) -> str:
     return f"{where}: {error['msg']}"
 
 
-def add_chat_routes(app: FastAPI, worker: Worker) -> None:
-    pipeline = worker.pipeline
-    settings = worker.settings.chat
-    api_keys = [k.encode() for k in settings.api_keys()]
-    if not api_keys:
-        log.warning("chat_api_open", reason="neither CHAT_WORKER_API_KEY nor WAN_WORKER_API_KEY is set")
+class ApiKeys:
+    """Who may call: `Authorization: Bearer` with CHAT_WORKER_API_KEY or WAN_WORKER_API_KEY."""
 
-    def authorized(header: str | None, kind: str) -> bool:
-        if not api_keys:
+    def __init__(self, settings: ChatSettings):
+        self.keys = [k.encode() for k in settings.api_keys()]
+        self.open_enhance = settings.allow_unauthenticated_enhance
+        if not self.keys:
+            log.warning("chat_api_open", reason="neither CHAT_WORKER_API_KEY nor WAN_WORKER_API_KEY is set")
+
+    def allow(self, header: str | None, kind: str) -> bool:
+        if not self.keys:
             return True  # no key configured: an open worker (logged at start)
-        if kind == "enhance" and settings.allow_unauthenticated_enhance and not header:
+        if kind == "enhance" and self.open_enhance and not header:
             return True
         if not header or not header.startswith("Bearer "):
             return False
         token = header[len("Bearer "):].strip().encode()
         # Compare against every key, always, so timing says nothing about which one nearly matched.
-        matches = [hmac.compare_digest(token, key) for key in api_keys]
+        matches = [hmac.compare_digest(token, key) for key in self.keys]
         return any(matches)
 
+
+def add_chat_routes(app: FastAPI, worker: Worker) -> None:
+    pipeline = worker.pipeline
+    settings = worker.settings.chat
+    api_keys = ApiKeys(settings)
+    add_openai_routes(app, worker, api_keys)
+
     async def serve(kind: str, request: Request) -> JSONResponse:
-        if not authorized(request.headers.get("authorization"), kind):
+        if not api_keys.allow(request.headers.get("authorization"), kind):
             return _error(401, "missing or invalid bearer token")
         requests = pipeline.requests
         if worker.state not in ("ready", "busy") or requests is None:
@@ -112,7 +124,7 @@ def add_chat_routes(app: FastAPI, worker: Worker) -> None:
         job = ChatJob(id=uuid.uuid4().hex, kind=kind, body=body)
         try:
             plan = await run_in_threadpool(pipeline.plan, job)  # tokenizing is CPU work: off the event loop
-            future = worker.submit(plan)
+            future = worker.submit(plan).future
             outcome = await asyncio.wait_for(asyncio.wrap_future(future), timeout=settings.request_timeout_seconds)
         except JobError as exc:
             return _error(400 if exc.error_type == "bad_request" else 503, exc.message)

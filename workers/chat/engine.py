@@ -10,6 +10,7 @@ already turned a request into token ids that fit the model's context; the genera
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -54,9 +55,11 @@ class ChatEngine(Engine):
     name = "chat"
     continuous = True
 
-    def __init__(self, model: str, config: ChatSettings | None = None):
+    def __init__(self, model: str, config: ChatSettings | None = None, random_weights: bool = False):
         self.model_path = model
         self.config = config or ChatSettings()
+        self.random_weights = random_weights  # benchmarks: `model` is a config folder, weights are random
+        self.backend = self.config.backend
         self.max_batch_images = self.config.max_batch
         self.batch_wait_ms = self.config.batch_wait_ms
         self.models: dict[str, LoadedModel] = {}
@@ -67,6 +70,7 @@ class ChatEngine(Engine):
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError("--device cuda but no CUDA GPU is visible")
         self.device = device
+        self.backend = self._choose_backend()
         self.models["qwen_instruct"] = self._load("qwen_instruct", self.model_path)
         if self.config.base_model:
             self.models["qwen_base"] = self._load("qwen_base", self.config.base_model)
@@ -74,20 +78,43 @@ class ChatEngine(Engine):
             model.generator.generate([Request(model.prompt_ids([{"role": "user", "content": "hi"}]), max_tokens=2,
                                               temperature=0)])
 
+    def _choose_backend(self) -> str:
+        """CHAT_BACKEND=auto: vLLM on CUDA when it is installed, else transformers."""
+        if self.config.backend != "auto":
+            return self.config.backend
+        if not self.device.startswith("cuda"):
+            return "transformers"
+        if importlib.util.find_spec("vllm") is None:
+            log.warning("vllm_not_installed", detail="serving with transformers; pip install 'ourvidz-workers[vllm]'")
+            return "transformers"
+        return "vllm"
+
     def _load(self, name: str, path: str) -> LoadedModel:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+        from workers.chat.tiny import build_qwen_tokenizer
 
         dtype = resolve_dtype(self.config.dtype, self.device)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        if self.config.backend == "vllm":
+        # Random weights need no tokenizer of their own: a byte-level one makes valid ids for any vocabulary.
+        tokenizer = build_qwen_tokenizer() if self.random_weights else AutoTokenizer.from_pretrained(
+            path, local_files_only=True)
+        if self.backend == "vllm":
             from workers.chat.vllm_backend import VLLMGenerator
 
             generator = VLLMGenerator(path, tokenizer, str(dtype).removeprefix("torch."),
-                                      self.config.max_context_tokens, self.config.vllm_gpu_memory_utilization)
+                                      self.config.max_context_tokens, self.config.vllm_gpu_memory_utilization,
+                                      max_rows=self.config.max_batch, stop_ids=_stop_ids(path, tokenizer),
+                                      random_weights=self.random_weights)
             log.info("model_loaded", model=name, backend="vllm")
             return LoadedModel(name, tokenizer, generator)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(self.device).eval()
-        log.info("model_loaded", model=name, parameters=sum(p.numel() for p in model.parameters()))
+        if self.random_weights:
+            with torch.device(self.device):
+                model = Qwen2ForCausalLM(Qwen2Config.from_pretrained(path)).to(dtype).eval()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+            model = model.to(self.device).eval()
+        log.info("model_loaded", model=name, backend="transformers",
+                 parameters=sum(p.numel() for p in model.parameters()))
         return LoadedModel(name, tokenizer, TextGenerator(model, tokenizer, self.device, self.config.max_context_tokens))
 
     def batch_key(self, item: ChatInput) -> Hashable:
@@ -123,7 +150,11 @@ class ChatEngine(Engine):
                         continue
                     if update.token_ids:
                         ctx.emit(item, update.token_ids)
-                    if update.completion is not None:
+                    if update.error is not None:
+                        del live[item.id]
+                        log.error("generation_failed", error=str(update.error)[:200])
+                        ctx.finish(item, JobError("internal_error", "generation failed in the backend"))
+                    elif update.completion is not None:
                         del live[item.id]
                         ctx.finish(item, update.completion)
                 items = ctx.admit(self.max_batch_images - len(live))
@@ -134,4 +165,17 @@ class ChatEngine(Engine):
             self.batch_sizes.append(peak)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "models": sorted(self.models), "backend": self.config.backend}
+        return {**super().describe(), "models": sorted(self.models), "backend": self.backend}
+
+
+def _stop_ids(path: str, tokenizer) -> set[int]:
+    """The tokens that end an answer: the model's generation config's EOS ids and the tokenizer's."""
+    from transformers import GenerationConfig
+
+    ids = {tokenizer.eos_token_id}
+    try:
+        eos = GenerationConfig.from_pretrained(path, local_files_only=True).eos_token_id
+        ids |= set(eos if isinstance(eos, list) else [eos])
+    except OSError:  # no generation_config.json: the tokenizer's EOS is all there is
+        pass
+    return {i for i in ids if i is not None}

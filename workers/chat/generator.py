@@ -65,6 +65,7 @@ class Update:
     key: Hashable
     token_ids: list[int]
     completion: Completion | None = None
+    error: Exception | None = None  # the row failed inside the backend (vLLM); it is over
 
 
 @dataclass

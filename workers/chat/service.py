@@ -140,7 +140,9 @@ class ChatRequests:
             top_p=_number(body, "top_p", 0.9, 0.01, 1.0),
             repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.5, 2.0),
             presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+            frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
             seed=_number(body, "seed", None, 0, 2**63 - 1, int) if body.get("seed") is not None else None,
+            ignore_eos=body.get("ignore_eos") is True,
         )
 
     def _fit(self, model: LoadedModel, messages, max_tokens: int) -> tuple[list[int], int]:
@@ -196,6 +198,10 @@ class ChatRequests:
             raise BadRequest(f"prompt of {len(ids)} tokens plus max_tokens={max_tokens} exceeds the context")
         facts = {"choice": choice, "prompt": prompt, "full_text": body.get("return_full_text") is True}
         return ChatInput(request_id, model.name, self._request(body, ids, max_tokens)), facts
+
+    def public_id(self, name: str) -> str:
+        """The hub id a served model answers to (what /v1 reports as `model`)."""
+        return self.settings.base_model_id if name == "qwen_base" else self.settings.model_id
 
     def info(self) -> dict[str, Any]:
         return {
