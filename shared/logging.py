@@ -1,8 +1,15 @@
-"""structlog JSON logs with secrets scrubbed from every event before it is written."""
+"""structlog JSON logs with secrets scrubbed from every event before it is written.
+
+One stream, one format: structlog's events, the standard library's records (transformers,
+diffusers, uvicorn) and Python warnings all leave as JSON lines on stderr (or console lines with
+LOG_FORMAT=console), with secrets replaced by `***`, and progress bars kept out.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterable
@@ -63,25 +70,73 @@ class _StderrLogger:
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
 
-def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
+class _StderrHandler(logging.Handler):
+    """The standard library's records (transformers, diffusers, uvicorn, warnings), rendered like ours."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stderr, flush=True)
+        except Exception:  # noqa: BLE001 - logging must never take the worker down
+            self.handleError(record)
+
+
+# Libraries that log through the standard library; below WARNING they are noise in a worker's log.
+_QUIET = ("httpx", "httpcore", "urllib3", "botocore", "filelock", "asyncio", "PIL", "uvicorn.error")
+
+
+def configure_logging(level: str = "INFO", secrets: Iterable[str] = (), fmt: str | None = None,
+                      progress_bars: bool = False) -> None:
+    """Every log line on stderr in one format: structlog's own events, the standard library's
+    records and `warnings` alike. `fmt`: `json` (default; LOG_FORMAT) or `console` for people at a
+    terminal. `progress_bars=False` keeps the libraries' download and loading bars out of the log."""
     register_secrets(secrets)
-    logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s")
-    for noisy in ("httpx", "httpcore", "urllib3", "botocore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    level = level.upper()
+    fmt = (fmt or os.environ.get("LOG_FORMAT") or "json").lower()
+    renderer = (structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()) if fmt == "console"
+                else structlog.processors.JSONRenderer())
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _format_exc_redacted,
-            _redact_processor,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level, stamp,
+                    _format_exc_redacted, _redact_processor, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=lambda *_args: _StderrLogger(),
         cache_logger_on_first_use=False,
     )
+    handler = _StderrHandler()
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, stamp],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _format_exc_redacted,
+                    _redact_processor, renderer]))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
+    for noisy in _QUIET:
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    logging.captureWarnings(True)  # warnings.warn(...) becomes a `py.warnings` record, rendered as above
+    if not progress_bars:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # huggingface_hub and transformers read it
+    _progress_bars[0] = progress_bars
+    route_library_logs()
+
+
+_progress_bars = [True]
+
+
+def route_library_logs(load: Iterable[str] = ()) -> None:
+    """transformers and diffusers install a stderr handler of their own and stop propagation:
+    send their records to the root handler instead. `load` imports those libraries' logging
+    first (a worker does, before its engine loads them); others are handled if already imported."""
+    for name in ("transformers", "diffusers"):
+        if name not in sys.modules and name not in load:
+            continue
+        library = importlib.import_module(f"{name}.utils.logging")
+        library.disable_default_handler()
+        library.enable_propagation()
+        if not _progress_bars[0]:
+            library.disable_progress_bar()
 
 
 def get_logger(**bound):
-    return structlog.get_logger().bind(**bound)
+    """A logger that takes its configuration when it first logs, not when it is made: modules make
+    theirs at import, before `configure_logging` runs."""
+    return structlog.get_logger(**bound)
