@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -30,6 +31,30 @@ def remove_queued(client: redis.Redis, queue: str, job_id: str) -> str | None:
         if job_id_of(raw) == job_id and client.lrem(queue, 1, raw):
             return raw
     return None
+
+
+def find_in_flight(client: redis.Redis, job_id: str) -> str | None:
+    """The worker holding this job (claimed, running or being delivered), from the registry; None if none."""
+    for worker, queues in client.hgetall(keys.WORKER_QUEUES).items():
+        for queue in json.loads(queues or "[]"):
+            if any(job_id_of(raw) == job_id for raw in client.lrange(keys.processing(worker, queue), 0, -1)):
+                return worker
+    return None
+
+
+def element_age(raw: str | None, now: float | None = None) -> float | None:
+    """Seconds since a queue element's `created_at` (the backend's timestamp): 0 for no element,
+    None when it carries no usable timestamp."""
+    if raw is None:
+        return 0.0
+    try:
+        created = str(decode_element(raw).get("created_at"))
+        stamp = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except Exception:  # no usable timestamp: no age to report
+        return None
+    if stamp.tzinfo is None:
+        return None
+    return max(0.0, (now or time.time()) - stamp.timestamp())
 
 
 def dead_letters(client: redis.Redis, start: int = 0, end: int = -1) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ Batches are chosen in shared/batching.py; outcomes go out through the pipeline's
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -30,8 +31,9 @@ from typing import Any
 import redis
 
 from shared import keys
+from shared.admin import element_age
 from shared.announce import announce_in_background
-from shared.batching import BatchContext, ContinuousContext, next_batch
+from shared.batching import BatchContext, ContinuousContext, job_type_of, next_batch
 from shared.claimer import Claimer
 from shared.decode import Plan
 from shared.engine import Engine
@@ -61,7 +63,7 @@ class Worker:
         self.redis = redis_client
         self.queue = JobQueue(redis_client, self.worker_id, queues, self.era, settings.lease_seconds,
                               settings.max_attempts, claim_client=claim_client_for(redis_client))
-        self.metrics = WorkerMetrics(self.worker_id, engine.name, self._queue_depths)
+        self.metrics = WorkerMetrics(self.worker_id, engine.name, self.scrape_view)
         self.log = get_logger(worker_id=self.worker_id, engine=engine.name)
         self.health_port = health_port if health_port is not None else settings.health_port
         self.install_signal_handlers = install_signal_handlers
@@ -72,6 +74,7 @@ class Worker:
         self.claims_enabled = True  # False: serve local submissions only (CHAT_CONSUME_QUEUE=false)
 
         self.state = "starting"
+        self.setup_error: str | None = None
         self.stopping = threading.Event()
         self.stop_deadline = float("inf")
         self._ready: deque[Task] = deque()
@@ -107,9 +110,12 @@ class Worker:
         try:
             apply_memory_budget(self.settings.gpu_memory_gb, self.device)
             self.engine.setup(self.device)
-        except Exception:
+        except Exception as exc:
             self.state = "failed"
-            self.log.exception("engine_setup_failed")
+            self.setup_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:400]
+            # One line; the traceback only when asked for (LOG_LEVEL=DEBUG).
+            self.log.error("engine_setup_failed", error=self.setup_error,
+                           exc_info=logging.getLogger().isEnabledFor(logging.DEBUG))
             self._close()
             return 1
         recovered = self.queue.register()
@@ -204,7 +210,12 @@ class Worker:
                 self._redis_quietly(lambda: self.queue.off_engine(claims))
                 for task, outcome in zip(live, outcomes, strict=True):
                     self._submit_post(task, outcome)
-            self.metrics.stage_seconds.labels("gpu").observe(time.monotonic() - started)
+            spent = time.monotonic() - started
+            self.metrics.stage_seconds.labels("gpu").observe(spent)
+            self.metrics.gpu_busy.inc(spent)
+            if not continuous:  # a continuous run observes each job as it leaves (ContinuousContext.finish)
+                for task in live:
+                    self.metrics.generation_seconds.labels(job_type_of(task)).observe(spent)
         self.keeper.batch_started = None
         self.metrics.busy.set(0)
         self.state = "ready"
@@ -349,8 +360,11 @@ class Worker:
         if outcome in ("retried", "dead_lettered") or dead_letter is not None:  # delivery counts the rest
             self.metrics.jobs.labels("dead_lettered" if dead_letter is not None else outcome).inc()
 
-    def _queue_depths(self) -> dict[str, int]:
-        return {q: self.redis.llen(q) for q in self.queue.queues}
+    def scrape_view(self) -> dict[str, Any]:
+        """What /metrics reports from Redis, read in one round trip (see shared/metrics.py)."""
+        view = self.queue.scrape_view()
+        ages = {q: element_age(raw) for q, raw in view.pop("next_in_line").items()}
+        return {**view, "oldest_age": {q: age for q, age in ages.items() if age is not None}}
 
     def _health(self) -> tuple[int, dict[str, Any]]:
         healthy = self.state in ("ready", "busy")

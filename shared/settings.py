@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlparse
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.engine_settings import ChatSettings, SDXLSettings, WANSettings
@@ -68,7 +68,12 @@ class Settings(BaseSettings):
     gpu_memory_gb: float | None = Field(default=None, gt=0, validation_alias="GPU_MEMORY_GB")
     worker_id: str = Field(default_factory=default_worker_id, validation_alias="WORKER_ID")
     health_port: int | None = Field(default=None, validation_alias="HEALTH_PORT")
-    log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
+    device: str = Field(default="cuda", validation_alias="DEVICE", description="torch device for `run` (--device wins)")
+    redis_wait_seconds: float = Field(default=10.0, ge=0, validation_alias="REDIS_WAIT_SECONDS",
+                                      description="how long `run` waits for Redis to answer before giving up")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(default="INFO",
+                                                                              validation_alias="LOG_LEVEL")
+    log_format: Literal["json", "console"] = Field(default="json", validation_alias="LOG_FORMAT")
     aws_secret_access_key: SecretStr | None = Field(default=None, validation_alias="AWS_SECRET_ACCESS_KEY")
     hf_token: SecretStr | None = Field(default=None, validation_alias="HF_TOKEN")
 
@@ -88,7 +93,46 @@ class Settings(BaseSettings):
     @field_validator("supabase_url", "upstash_redis_rest_url")
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:
+        if v and urlparse(v).scheme not in ("http", "https"):
+            raise ValueError("must be an http(s):// URL")
         return v.rstrip("/") if v else v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, v):
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _format_any_case(cls, v):
+        return v.lower() if isinstance(v, str) else v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: str | None) -> str | None:
+        if v and urlparse(v).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL, e.g. redis://127.0.0.1:6379/0")
+        return v
+
+    @field_validator("presets_file")
+    @classmethod
+    def _presets_exist(cls, v: Path) -> Path:
+        if not v.is_file():
+            raise ValueError(f"no presets file at {v} (the project ships configs/presets.toml)")
+        return v
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_scheme(cls, v: str) -> str:
+        if v != "supabase" and urlparse(v).scheme not in ("file", "s3"):
+            raise ValueError("must be file://DIR, supabase, or s3://BUCKET?...")
+        return v
+
+    @model_validator(mode="after")
+    def _storage_needs_supabase(self) -> Settings:
+        if self.storage_url == "supabase" and not self.supabase_url:
+            raise ValueError("STORAGE_URL=supabase needs SUPABASE_URL (the backend's project URL)")
+        return self
 
     @cached_property
     def effective_redis_url(self) -> str:

@@ -55,10 +55,18 @@ def test_cancel_a_queued_job_removes_it_and_reports_it(cli_env, redis_client, ba
     assert [c["status"] for c in backend.terminal_callbacks(job_id)] == ["cancelled"]
 
 
-def test_cancel_an_unknown_or_running_job_sets_the_flag(cli_env, redis_client, capsys):
+def test_cancel_a_running_job_sets_the_flag_and_an_unknown_one_fails(cli_env, redis_client, capsys):
+    redis_client.lpush(keys.SDXL_QUEUE, json.dumps({"id": "job-running", "type": "sdxl_image_fast"}))
+    queue = JobQueue(redis_client, "w-running", keys.JOB_QUEUES, "v1")
+    queue.register()
+    queue.claim(0)  # in w-running's processing list now, as a running job is
     assert main(["cancel", "job-running"]) == 0
-    assert _out(capsys)[0]["cancelled"] == "requested"
+    reply = _out(capsys)[0]
+    assert reply["cancelled"] == "requested" and reply["worker"] == "w-running"
     assert redis_client.exists(keys.cancel("job-running"))
+    assert main(["cancel", "no-such-job"]) == 1
+    assert "no job no-such-job is queued or running" in capsys.readouterr().err
+    assert not redis_client.exists(keys.cancel("no-such-job"))  # no flag left behind for a job that is not there
 
 
 def test_dlq_list_and_requeue(cli_env, redis_client, capsys):

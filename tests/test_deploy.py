@@ -179,7 +179,7 @@ def test_fetch_models_offline_says_so_in_one_line(monkeypatch, tmp_path, capsys)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["fetch-models", "--dest", str(tmp_path), "--only", "wan"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("fetch-models: cannot fetch Wan-AI/Wan2.1-T2V-1.3B-Diffusers") and err.count("\n") == 1
+    assert err.startswith("ourvidz-worker fetch-models: cannot fetch Wan-AI/Wan2.1-T2V-1.3B-Diffusers") and err.count("\n") == 1
 
 
 def test_video_worker_announces_its_url_on_runpod(make_settings, redis_client, backend, monkeypatch):

@@ -13,14 +13,11 @@ from shared import keys
 from shared.decode import Decoder, Planner, plan_as_given
 from shared.engine import Engine
 from shared.settings import Settings
+from workers.cli_errors import UsageError
 
 SDXL_TYPES = ("sdxl_image_fast", "sdxl_image_high")
 WAN_TYPES = ("image_fast", "image_high", "video_fast", "video_high", "image7b_fast_enhanced",
              "image7b_high_enhanced", "video7b_fast_enhanced", "video7b_high_enhanced")
-
-
-class UsageError(ValueError):
-    """A command line that cannot work as given; said in one line."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +30,8 @@ class EngineSpec:
     announce: str | None = None  # backend function told this worker's RunPod URL
     tiny_models: dict[str, str] = field(default_factory=dict)  # make-tiny-model name -> "module:function"
     enhances_prompts: bool = False  # `*_enhanced` types are rewritten by the chat worker first
+    check_model: Callable[[str], None] | None = None  # raises UsageError when --model is not what it loads
+    libraries: tuple[str, ...] = ()  # model libraries it loads (their logs are routed into ours)
 
 
 def _sim(_model, _settings, args) -> Engine:
@@ -45,7 +44,7 @@ def _sdxl(model, settings, _args) -> Engine:
     from workers.sdxl.engine import SDXLEngine
 
     if not model:
-        raise UsageError("run sdxl needs --model: a diffusers folder or a .safetensors checkpoint")
+        raise UsageError("run sdxl needs --model (or MODEL_PATH): a diffusers folder or a .safetensors checkpoint")
     return SDXLEngine(model, settings.sdxl)
 
 
@@ -53,7 +52,7 @@ def _wan(model, settings, _args) -> Engine:
     from workers.wan.engine import WANEngine
 
     if not model:
-        raise UsageError("run wan needs --model: a diffusers Wan 2.1 folder (T2V or VACE)")
+        raise UsageError("run wan needs --model (or MODEL_PATH): a diffusers Wan 2.1 folder (T2V or VACE)")
     return WANEngine(model, settings.wan)
 
 
@@ -61,8 +60,17 @@ def _chat(model, settings, _args) -> Engine:
     from workers.chat.engine import ChatEngine
 
     if not model:
-        raise UsageError("run chat needs --model: a Qwen2.5 Instruct folder")
+        raise UsageError("run chat needs --model (or MODEL_PATH): a Qwen2.5 Instruct folder")
     return ChatEngine(model, settings.chat)
+
+
+def _check(name: str):
+    def check(model: str) -> None:
+        from workers import model_check
+
+        getattr(model_check, f"check_{name}")(model)
+
+    return check
 
 
 def _plan_sdxl(job, tools):
@@ -80,12 +88,14 @@ def _plan_wan(job, tools):
 ENGINES: dict[str, EngineSpec] = {
     "sim": EngineSpec("sim", keys.JOB_QUEUES, None, _sim, plan_as_given),
     "sdxl": EngineSpec("sdxl", (keys.SDXL_QUEUE,), SDXL_TYPES, _sdxl, _plan_sdxl,
-                       tiny_models={"sdxl": "workers.sdxl.tiny:make_tiny_sdxl"}),
+                       tiny_models={"sdxl": "workers.sdxl.tiny:make_tiny_sdxl"}, check_model=_check("sdxl"),
+                       libraries=("transformers", "diffusers")),
     "wan": EngineSpec("wan", (keys.WAN_QUEUE,), WAN_TYPES, _wan, _plan_wan, announce="update-worker-url",
                       tiny_models={"wan": "workers.wan.tiny:make_tiny_wan", "wan-vace": "workers.wan.tiny:make_tiny_vace"},
-                      enhances_prompts=True),
+                      enhances_prompts=True, check_model=_check("wan"), libraries=("transformers", "diffusers")),
     "chat": EngineSpec("chat", (keys.CHAT_QUEUE,), ("chat", "enhance"), _chat, announce="register-chat-worker",
-                       tiny_models={"chat": "workers.chat.tiny:make_tiny_chat"}),
+                       tiny_models={"chat": "workers.chat.tiny:make_tiny_chat"}, check_model=_check("chat"),
+                       libraries=("transformers",)),
 }
 
 

@@ -115,6 +115,6 @@ def run_wan_bench(model: str, device: str = "cuda", width: int = 480, height: in
 
 
 def run_from_args(args) -> dict[str, Any]:
-    width, height = (int(v) for v in args.wan_size.lower().split("x"))
+    width, height = (int(v) for v in args.size.lower().replace("*", "x").split("x"))
     return run_wan_bench(args.model, device=args.device, width=width, height=height, frames=args.frames,
                          steps=args.steps, random_weights=args.random_weights, cache=not args.no_cache)

@@ -1,0 +1,116 @@
+"""A newcomer's mistakes, run as a newcomer runs them (the real command in a fresh process): each
+gets at most three lines that say what is wrong, no traceback, and a non-zero exit status."""
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.conftest import TEST_REDIS_URL
+
+DOWN = {"REDIS_URL": "redis://127.0.0.1:1/0", "REDIS_WAIT_SECONDS": "0.6"}
+
+
+def ourvidz(args, env=None, timeout=120):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("CONTRACT", "STORAGE", "SUPABASE"))}
+    environment.update({"REDIS_URL": TEST_REDIS_URL, "LOG_LEVEL": "WARNING"}, **(env or {}))
+    done = subprocess.run([sys.executable, "-m", "workers.cli", *args], capture_output=True, text=True,
+                          env=environment, timeout=timeout, check=False)
+    return done.returncode, done.stdout, done.stderr
+
+
+def mistakes(tiny_models):
+    sdxl, wan, chat = tiny_models
+    return [
+        # (command, environment, exit status, what the line must say)
+        (["queue"], DOWN, 1, "cannot reach Redis at redis://127.0.0.1:1/0"),
+        (["submit", "sdxl_image_fast", "a fox"], DOWN, 1, "start redis-server"),
+        (["dlq", "list"], DOWN, 1, "REDIS_URL"),
+        (["cancel", "some-job"], DOWN, 1, "cannot reach Redis"),
+        (["run", "sim", "--device", "cpu"], DOWN, 1, "gave up after 0.6 s"),
+        (["bench", "fleet", "--jobs", "1"], DOWN, 1, "cannot reach Redis"),
+        (["queue"], {"CONTRACT": "v3"}, 2, "CONTRACT='v3'"),
+        (["queue"], {"LEASE_SECONDS": "abc"}, 2, "LEASE_SECONDS='abc'"),
+        (["queue"], {"REDIS_URL": "notaurl"}, 2, "must be a redis://"),
+        (["queue"], {"PRESETS_FILE": "/no/such/presets.toml"}, 2, "no presets file"),
+        (["queue"], {"STORAGE_URL": "supabase"}, 2, "STORAGE_URL=supabase needs SUPABASE_URL"),
+        (["queue"], {"SDXL_MAX_BATCH_IMAGES": "many"}, 2, "SDXL_MAX_BATCH_IMAGES"),
+        (["queue"], {"LOG_LEVEL": "loud"}, 2, "LOG_LEVEL"),
+        (["run", "chat", "--model", "/no/such/model", "--device", "cpu"], {}, 2, "no such file or folder"),
+        (["run", "sdxl", "--model", chat, "--device", "cpu"], {}, 2, "needs a diffusers SDXL folder"),
+        (["run", "wan", "--model", sdxl, "--device", "cpu"], {}, 2, "StableDiffusionXLPipeline folder; run wan"),
+        (["run", "chat", "--model", wan, "--device", "cpu"], {}, 2, "WanPipeline folder; run chat"),
+        (["run", "sdxl", "--model", sdxl], {"DEVICE": "cuda"}, 2, "no CUDA GPU is visible"),
+        (["run", "sim", "--queues", "bogus_queue", "--device", "cpu"], {}, 2, "run sim serves sdxl_queue, wan_queue"),
+        (["submit", "sdxl_image_fast", "a fox", "--size", "64"], {}, 2, "--size takes WIDTHxHEIGHT"),
+        (["submit", "sdxl_image_fast", "a fox", "--size", "abc"], {}, 2, "--size takes WIDTHxHEIGHT"),
+        (["submit", "sdxl_image_fast", "a fox", "--size", "7x7"], {}, 2, "outside [64, 2048]"),
+        (["submit", "sdxl_image_fast", "a fox", "--size", "100x100"], {}, 2, "multiples of 8"),
+        (["submit", "sdxl_image_fast", "a fox", "--num-images", "0"], {}, 2, "num_images=0"),
+        (["submit", "sdxl_fast", "a fox"], {}, 2, "valid types: sdxl_image_fast, sdxl_image_high"),
+        (["submit", "video_fast", "waves", "--steps", "999"], {}, 2, "steps"),
+        (["cancel", "no-such-id"], {}, 1, "no job no-such-id is queued or running"),
+        (["dlq", "requeue", "no-such-id"], {}, 1, "no dead-lettered job no-such-id"),
+        (["make-tiny-model", "bogus", "/tmp/x"], {}, 2, "available: sdxl, wan, wan-vace, chat"),
+        (["bench", "sdxl"], {}, 2, "needs --model"),
+        (["bench", "chat", "--model", "/no/such/model"], {}, 2, "no such file or folder"),
+        (["run", "nonsense"], {}, 2, "invalid choice"),
+        (["submit"], {}, 2, "required"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory, tiny_chat):
+    from workers.sdxl.tiny import make_tiny_sdxl
+    from workers.wan.tiny import make_tiny_wan
+
+    root = tmp_path_factory.mktemp("mistakes")
+    return str(make_tiny_sdxl(root / "sdxl")), str(make_tiny_wan(root / "wan")), str(tiny_chat)
+
+
+def test_every_mistake_gets_one_clear_line_and_a_nonzero_exit(tiny_models, redis_client):
+    cases = mistakes(tiny_models)
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda case: ourvidz(case[0], case[1]), cases))
+    for (args, env, status, says), (code, out, err) in zip(cases, results, strict=True):
+        lines = [line for line in err.splitlines() if line.strip()]
+        where = f"{' '.join(args)} with {env}: {err}"
+        assert code == status, where
+        assert "Traceback" not in err + out, where
+        assert 1 <= len(lines) <= 3 and says in err, where
+    assert redis_client.llen("sdxl_queue") == 0 and redis_client.llen("wan_queue") == 0  # nothing bad was queued
+
+
+def test_run_waits_for_redis_with_a_line_per_retry_and_then_serves(redis_client, tmp_path):
+    """Redis coming up while `run` waits: it retries, says so, and starts serving."""
+    port = 6391
+    server = None
+    worker = subprocess.Popen([sys.executable, "-m", "workers.cli", "run", "sim", "--device", "cpu", "--max-jobs", "1"],
+                              env={**os.environ, "REDIS_URL": f"redis://127.0.0.1:{port}/0", "REDIS_WAIT_SECONDS": "6",
+                                   "LOG_LEVEL": "WARNING", "STORAGE_URL": f"file://{tmp_path}"},
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        first = worker.stderr.readline()
+        assert "retry 1 of 2 in 2 s" in first and f"127.0.0.1:{port}" in first
+        server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+                                  stdout=subprocess.DEVNULL)
+        code, out, err = ourvidz(["submit", "sdxl_image_fast", "a fox", "--size", "64x64", "--wait", "--timeout", "60"],
+                                 {"REDIS_URL": f"redis://127.0.0.1:{port}/0", "STORAGE_URL": f"file://{tmp_path}"})
+        assert code == 0, err
+        assert worker.wait(timeout=60) == 0
+    finally:
+        worker.kill()
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+
+
+def test_queue_piped_into_head_ends_quietly(redis_client):
+    for i in range(2000):  # a report longer than the pipe's buffer
+        redis_client.hset("ourvidz:worker_queues", f"w{i}", "[]")
+    done = subprocess.run(f"{sys.executable} -m workers.cli queue | head -1", shell=True, capture_output=True,
+                          text=True, env={**os.environ, "REDIS_URL": TEST_REDIS_URL, "LOG_LEVEL": "WARNING"},
+                          timeout=60, check=False)
+    assert done.stdout == "{\n" and done.stderr == ""

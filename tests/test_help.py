@@ -1,0 +1,54 @@
+"""Help a newcomer can trust: every option of every subcommand says what it does, and every setting
+the code reads is in the README."""
+
+import argparse
+import re
+from pathlib import Path
+
+from shared.engine_settings import ChatSettings, SDXLSettings, WANSettings
+from shared.settings import Settings
+from workers.cli import build_parser
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def _parsers(parser: argparse.ArgumentParser, path=("ourvidz-worker",)):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+def test_every_option_of_every_subcommand_has_a_help_line():
+    missing = [f"{' '.join(path)} {action.option_strings or action.dest}"
+               for path, parser in _parsers(build_parser()) for action in parser._actions
+               if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) and not action.help]
+    assert not missing, missing
+    commands = {" ".join(path) for path, _ in _parsers(build_parser())}
+    assert {"ourvidz-worker bench chat", "ourvidz-worker bench sdxl", "ourvidz-worker bench wan",
+            "ourvidz-worker bench fleet"} <= commands  # each benchmark shows its own flags
+
+
+def test_submit_and_make_tiny_model_list_their_choices(capsys):
+    subcommands = dict((path[-1], parser) for path, parser in _parsers(build_parser()))
+    submit_help = subcommands["submit"].format_help()
+    assert "sdxl_image_fast" in submit_help and "video7b_high_enhanced" in submit_help
+    tiny_help = subcommands["make-tiny-model"].format_help()
+    assert all(name in tiny_help for name in ("sdxl", "wan-vace", "chat"))
+
+
+def test_every_setting_the_code_reads_is_documented():
+    names = set()
+    for cls, prefix in ((Settings, ""), (SDXLSettings, "SDXL_"), (WANSettings, "WAN_"), (ChatSettings, "")):
+        for field_name, field in cls.model_fields.items():
+            alias = field.validation_alias
+            if alias is None:
+                names.add(prefix + field_name.upper())
+            elif isinstance(alias, str):
+                names.add(alias)
+            else:
+                names.update(choice for choice in alias.choices if isinstance(choice, str))
+    names = {n for n in names if not n.startswith("OURVIDZ_")}  # the nested trees, not variables
+    documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)[`=]", README))  # `NAME` or `NAME=value`
+    assert names - documented == set()
