@@ -71,6 +71,12 @@ def _take_compatible(worker: Worker, key, budget: int, in_line: bool = False) ->
     return taken
 
 
+def job_type_of(task: Task) -> str:
+    """The job type a task is measured under (chat requests by their kind: chat, enhance, generate)."""
+    job = task.job
+    return str(getattr(job, "kind", None) or getattr(job, "type", None) or "unknown")
+
+
 class BatchContext:
     """What the engine sees of the runtime during `run`: stop checks and progress, per input id.
 
@@ -187,6 +193,10 @@ class ContinuousContext(BatchContext):
 
     def finish(self, item: Any, outcome: Any) -> None:
         self.done.add(item.id)
+        task = self.tasks[item.id]
+        if task.started_at is not None:
+            self.worker.metrics.generation_seconds.labels(job_type_of(task)).observe(
+                time.monotonic() - task.started_at)
         super().finish(item, outcome)
         running = [t.started_at for j, t in self.tasks.items() if j not in self.done and t.started_at is not None]
         self.worker.keeper.batch_started = min(running, default=time.monotonic())

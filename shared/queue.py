@@ -282,6 +282,29 @@ class JobQueue:
         if claims:
             self.redis.srem(keys.running(self.worker_id), *{c.attempt_key for c in claims})
 
+    # ------------------------------------------------------------------------ observing
+
+    def scrape_view(self) -> dict[str, Any]:
+        """Depth and the element next in line per queue (raw: a source never parses it), this
+        worker's jobs in flight, and the fleet's dead letters, outbox and live workers: one
+        pipeline, for /metrics."""
+        head = -1 if pop_end(self.era) == "RIGHT" else 0
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in self.queues:
+            pipe.llen(queue)
+            pipe.lindex(queue, head)
+        for queue in self.queues:
+            pipe.llen(keys.processing(self.worker_id, queue))
+        pipe.llen(keys.DEAD_LETTER)
+        pipe.zcard(keys.OUTBOX)
+        pipe.zcount(keys.LEASES, time.time(), "+inf")
+        replies = pipe.execute()
+        n = len(self.queues)
+        return {"depth": {q: replies[2 * i] for i, q in enumerate(self.queues)},
+                "next_in_line": {q: replies[2 * i + 1] for i, q in enumerate(self.queues)},
+                "in_flight": sum(replies[2 * n:3 * n]), "dead_letters": replies[3 * n], "outbox": replies[3 * n + 1],
+                "workers_alive": replies[3 * n + 2]}
+
     # ------------------------------------------------------------------------ finishing
 
     def finish(self, claimed: Claimed, job_id: str | None = None, result: dict[str, Any] | None = None,

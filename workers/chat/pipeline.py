@@ -33,6 +33,7 @@ class ChatPipeline:
         self.engine = engine
         self.settings = settings.chat
         self.redis = client
+        self.metrics = None  # the worker's, once it exists (chat_worker)
         self._requests: ChatRequests | None = None
 
     @property
@@ -68,6 +69,9 @@ class ChatPipeline:
 
     def report(self, task, outcome: Completion | JobError, release) -> dict[str, Any] | None:
         status = "failed" if isinstance(outcome, JobError) else "completed"
+        if self.metrics is not None:
+            cancelled = isinstance(outcome, JobError) and outcome.error_type == "cancelled"
+            self.metrics.jobs.labels("cancelled" if cancelled else status).inc()
         if task.future is not None:  # an HTTP request: its handler formats the answer
             task.future.set_result(outcome)
             return {"status": status}
@@ -102,4 +106,5 @@ def chat_worker(engine: ChatEngine, settings: Settings, **common) -> Worker:
     worker = Worker(engine, settings, pipeline, add_routes=add_chat_routes,
                     max_body_bytes=settings.chat.max_request_bytes, **common)
     worker.claims_enabled = settings.chat.consume_queue
+    pipeline.metrics = worker.metrics
     return worker
