@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make this checkout runnable on a fresh machine: a Redis server on 127.0.0.1:6379, a virtual
-# environment in .venv with torch (CPU build unless one is already there) and the project.
-# Idempotent: a second run only checks. Source it or run it; it never touches system Python.
+# environment in .venv with torch (kept if one is already there) and the project at the versions
+# CI ran (constraints.txt). Idempotent: a second run only checks. It never touches system Python.
+# TORCH_INDEX_URL: where torch comes from on a machine with no GPU (see README, Two commands).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -29,9 +30,18 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # A local wheel directory (as on the CI machines) is preferred when present.
 [ -d /opt/wheels ] && PIP+=(--find-links /opt/wheels)
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
-  # Pinned: an unpinned torch on a machine without one pulls several GB of CUDA packages.
-  echo "bootstrap: installing torch==${TORCH_VERSION:-2.13.0}"
-  "${PIP[@]}" "torch==${TORCH_VERSION:-2.13.0}"
+  # Pinned: an unpinned torch on a machine without one pulls several GB of CUDA packages. On a
+  # machine with no GPU, TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu takes PyTorch's
+  # CPU-only build from its own index; empty, pip's configured index decides.
+  echo "bootstrap: installing torch==${TORCH_VERSION:-2.13.0}${TORCH_INDEX_URL:+ from $TORCH_INDEX_URL}"
+  "${PIP[@]}" "torch==${TORCH_VERSION:-2.13.0}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 fi
-echo "bootstrap: installing ourvidz-workers into .venv"
-"${PIP[@]}" -e ".[test]"
+# The project and its dependencies at the versions CI ran (constraints.txt); skipped when nothing
+# it depends on changed since the last install, so a second run is a quick check.
+stamp=.venv/.ourvidz-installed
+wanted=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ] || ! .venv/bin/python -c "import workers, shared" >/dev/null 2>&1; then
+  echo "bootstrap: installing ourvidz-workers into .venv"
+  "${PIP[@]}" -c constraints.txt -e ".[test]"
+  echo "$wanted" > "$stamp"
+fi

@@ -6,12 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 . .venv/bin/activate
+started=$(mktemp)  # the closing list shows this run's files only
+trap 'rm -f "$started"' EXIT
 export LOG_LEVEL=${LOG_LEVEL:-WARNING}
 
 port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 ourvidz-worker run sim --device cpu --gpu-seconds 0.5 --health-port "$port" &
 worker=$!
-trap 'kill -TERM $worker 2>/dev/null || true' EXIT
+trap 'kill -TERM $worker 2>/dev/null || true; rm -f "$started"' EXIT
 
 echo "== submitting an SDXL job (3 images) and a WAN video job, and waiting for their results"
 ourvidz-worker submit sdxl_image_fast "a lighthouse at dawn, oil painting" --num-images 3 --seed 42 --wait --timeout 120
@@ -19,6 +21,6 @@ ourvidz-worker submit video_fast "waves rolling onto a beach" --seed 7 --wait --
 echo "== health: $(python -c "import urllib.request as u; print(u.urlopen('http://127.0.0.1:$port/health').read().decode())")"
 
 kill -TERM $worker && wait $worker
-trap - EXIT
-echo "== files written under ./outputs"
-find outputs -type f -newer scripts/demo.sh | sort | tail -n 12
+trap 'rm -f "$started"' EXIT
+echo "== files this run wrote under ./outputs"
+find outputs -type f -newer "$started" | sort

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -51,7 +51,7 @@ def build_payload(
     default_steps, guidance = FAST_HIGH[quality]
     is_sdxl = job_type.startswith("sdxl_")
     is_video = "video" in job_type
-    created_at = datetime.now(timezone.utc).isoformat()
+    created_at = datetime.now(UTC).isoformat()
     if era == "v1":
         if is_sdxl:
             config: dict[str, Any] = {

@@ -57,10 +57,7 @@ def _check_gpu(_settings: Settings) -> str:
 
 def check_pod_budgets(pod_file: str, card_gb: float | None = None) -> str:
     """Do the workers' GPU budgets (plus per-process overhead) fit the card?"""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
+    import tomllib
 
     pod = tomllib.loads(Path(pod_file).read_text())
     budgets = {name: float(w["memory_gb"]) for name, w in pod["workers"].items()}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -36,7 +36,7 @@ def submission(era: Era, job_type: str, prompt: str, *, num_images: int = 1, see
     if reference_image_url:
         metadata["reference_image_url"] = reference_image_url
     payload = {"id": job_id, "type": job_type, "prompt": prompt, "user_id": user_id or OPERATOR_USER,
-               "config": config, "metadata": metadata, "created_at": datetime.now(timezone.utc).isoformat()}
+               "config": config, "metadata": metadata, "created_at": datetime.now(UTC).isoformat()}
     if era == "v1":
         payload["bucket"] = job_type
     else:
