@@ -21,8 +21,17 @@ class SDXLSettings(BaseSettings):
     max_batch_images: int = Field(default=6, ge=1, le=32, description="images per pipeline call across jobs")
     channels_last: bool = Field(default=True, description="channels-last memory format for UNet and VAE")
     fuse_qkv: bool = Field(default=True, description="fused QKV attention projections")
+    # GPU speed switches (workers/sdxl/speed.py). Off until measured faster on a GPU: see README.
     compile: bool = Field(default=False, description="torch.compile the UNet (warmed up before ready)")
-    compile_mode: str = Field(default="max-autotune-no-cudagraphs")
+    compile_mode: str = Field(default="max-autotune-no-cudagraphs",
+                              description="torch.compile mode; reduce-overhead adds CUDA graphs")
+    compile_vae: bool = Field(default=False, description="with SDXL_COMPILE: the VAE decoder too")
+    compile_regional: bool = Field(default=False,
+                                   description="with SDXL_COMPILE: only the repeated transformer blocks (faster compile)")
+    compile_backend: str = Field(default="inductor", description="torch.compile backend (tests use eager)")
+    cudnn_benchmark: bool = Field(default=False, description="let cuDNN pick the fastest convolution per shape")
+    vae_dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="VAE decode precision; auto: the model's (fp16 is upcast to fp32 by diffusers)")
     vae_tiling_above: int = Field(default=1024, description="VAE tiling when width or height exceeds this")
     reference_resize: Literal["cover", "contain", "stretch"] = Field(
         default="cover", description="fit a reference to the job size: crop, pad, or distort")
@@ -32,14 +41,22 @@ class SDXLSettings(BaseSettings):
 class WANSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WAN_", extra="ignore", protected_namespaces=())
 
-    dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(default="auto", description="transformer dtype; the VAE is fp32")
+    dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(default="auto", description="transformer dtype")
     text_encoder_device: Literal["gpu", "cpu"] = Field(
         default="gpu", description="cpu keeps UMT5 (~11 GB in bf16) off the GPU, at some seconds per job")
     reference_policy: Literal["fail", "t2v"] = Field(
         default="fail", description="reference frames on a text-to-video-only model: fail, or generate without them")
     enhance_timeout_seconds: float = Field(default=30.0, gt=0, description="wait for the chat worker's rewrite")
-    cache: Literal["none", "first_block"] = Field(default="none", description="step caching for fast presets")
+    cache: Literal["none", "first_block"] = Field(default="none", description="step caching (approximate)")
     cache_threshold: float = Field(default=0.05, gt=0)
+    cache_presets: str = Field(default="fast", description="qualities or job types the step cache applies to")
+    # GPU speed switches (workers/wan/speed.py). Off until measured faster on a GPU: see README.
+    compile: bool = Field(default=False, description="torch.compile the transformer's repeated blocks")
+    compile_mode: str = Field(default="default", description="torch.compile mode")
+    compile_backend: str = Field(default="inductor", description="torch.compile backend (tests use eager)")
+    batched_guidance: bool = Field(default=False,
+                                   description="conditional and unconditional passes in one batch (T2V models)")
+    vae_dtype: Literal["fp32", "bf16"] = Field(default="fp32", description="VAE decode precision")
     warmup: bool = Field(default=True)
 
 

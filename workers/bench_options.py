@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 BENCHMARKS = {"fleet": "workers.bench_fleet", "sdxl": "workers.sdxl.bench", "wan": "workers.wan.bench",
-              "chat": "workers.chat.bench"}
+              "chat": "workers.chat.bench", "all": "workers.bench_all"}
 
 DTYPES = ["auto", "fp16", "bf16", "fp32"]
 
@@ -20,7 +20,16 @@ def _model(parser: argparse.ArgumentParser, what: str, config: str) -> None:
 
 
 def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
-    which = bench.add_subparsers(dest="what", required=True, metavar="{fleet,sdxl,wan,chat}")
+    which = bench.add_subparsers(dest="what", required=True, metavar="{all,fleet,sdxl,wan,chat}")
+
+    every = which.add_parser("all", help="every benchmark on this machine, one report (report.json, report.md)",
+                             description="SDXL, WAN, chat and fleet, each against its baseline in the same run; "
+                                         "ms per denoising step and model FLOPs utilisation against a measured peak.")
+    every.add_argument("--device", default="cuda", help="cuda or cpu (default cuda)")
+    every.add_argument("--tiny", action="store_true",
+                       help="the tiny models (minutes on a CPU); default: full-size random weights")
+    every.add_argument("--out", default="bench-report", help="folder for report.json and report.md")
+    every.add_argument("--only", default="sdxl,wan,chat,fleet", help="which benchmarks (default all four)")
 
     fleet = which.add_parser("fleet", help="the runtime against a one-job-at-a-time loop, on the sim engine",
                              description="Same jobs through the pipelined runtime and strictly serially, against a "
@@ -65,5 +74,5 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     chat.add_argument("--backend", default="transformers", choices=["transformers", "vllm"],
                       help="generator to measure (default transformers)")
 
-    for parser in (fleet, sdxl, wan, chat):
+    for parser in (every, fleet, sdxl, wan, chat):
         parser.add_argument("--json", action="store_true", help="print the whole report as JSON")

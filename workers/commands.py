@@ -246,6 +246,7 @@ def cmd_bench(args) -> int:
     from workers.bench_options import BENCHMARKS
 
     configure_logging("WARNING")
+    route_library_logs(load=("transformers", "diffusers"))  # their warnings as log lines, no progress bars
     if getattr(args, "model", "absent") is None and args.what in ("sdxl", "wan", "chat"):
         raise UsageError(f"bench {args.what} needs --model (a model, or a config folder with --random-weights)")
     if getattr(args, "model", None) and not Path(args.model).exists():

@@ -26,6 +26,7 @@ from shared.gpu import resolve_dtype
 from shared.inputs import Generated, Generation, ImageOutput
 from workers.sdxl.prompts import PromptEmbeddings, PromptEncoder
 from workers.sdxl.schedulers import make_scheduler
+from workers.sdxl.speed import apply_switches, warmup_sizes
 
 
 @dataclass
@@ -87,22 +88,23 @@ class SDXLEngine(Engine):
             pipe.vae.to(memory_format=torch.channels_last)
         if self.config.fuse_qkv:
             pipe.fuse_qkv_projections()
-        if self.config.compile:
-            pipe.unet = torch.compile(pipe.unet, mode=self.config.compile_mode, fullgraph=False)
-        self.pipe = pipe
-        # Same modules, no second copy of the weights.
-        self.img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(pipe)
+        # Same modules, no second copy of the weights. from_pipe casts every module it shares to its
+        # `dtype` argument, float32 when none is given: without it a bf16 pipeline silently ran in fp32.
+        self.img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(pipe, dtype=dtype)
         self.img2img.set_progress_bar_config(disable=True)
+        apply_switches(pipe, self.config)  # compile, cuDNN autotuning, VAE precision (workers/sdxl/speed.py)
+        self.img2img.unet, self.img2img.vae = pipe.unet, pipe.vae  # compiling may have replaced them
+        self.pipe = pipe
         self.encoder = PromptEncoder(pipe, device)
         self._base_scheduler_config = dict(pipe.scheduler.config)
         if self.config.warmup:
             self._warm_up()
 
     def _warm_up(self) -> None:
-        side = 1024 if self.device.startswith("cuda") else 64
         embeddings = self.encoder.encode("warm up", "", use_compel=False)
         image = _Image(item=None, index=0, seed=0, embeddings=embeddings, reference=None)  # type: ignore[arg-type]
-        self._call_pipeline([image], "txt2img", side, side, 2, 5.0, "euler", None)
+        for width, height, batch in warmup_sizes(self.config, self.device):
+            self._call_pipeline([image] * batch, "txt2img", width, height, 2, 5.0, "euler", None)
 
     def batch_key(self, item: Generation) -> Hashable | None:
         denoise = item.denoise_strength if item.pipeline == "img2img" else None

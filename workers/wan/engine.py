@@ -21,6 +21,7 @@ from shared.errors import JobError
 from shared.gpu import resolve_dtype
 from shared.inputs import Generated, Generation, ImageOutput, VideoOutput
 from workers.wan.solvers import make_solver
+from workers.wan.speed import BatchedGuidance, apply_switches
 
 
 class WANEngine(Engine):
@@ -45,7 +46,7 @@ class WANEngine(Engine):
             raise FileNotFoundError(f"WAN model {self.model} is not a diffusers folder (no model_index.json)")
         self.device = device
         dtype = resolve_dtype(self.config.dtype, device)
-        # The VAE stays in fp32 (Wan's recommendation: half precision bands the colours).
+        # The VAE in fp32 unless WAN_VAE_DTYPE says otherwise (Wan's advice: half precision can band colours).
         vae = diffusers.AutoencoderKLWan.from_pretrained(self.model, subfolder="vae", dtype=torch.float32,
                                                          local_files_only=True)
         pipe = diffusers.DiffusionPipeline.from_pretrained(self.model, vae=vae, dtype=dtype, local_files_only=True)
@@ -54,6 +55,7 @@ class WANEngine(Engine):
         if self.config.text_encoder_device == "cpu":
             pipe.text_encoder.to("cpu", dtype=torch.float32)  # saves ~11 GB of GPU memory on the real model
         pipe.set_progress_bar_config(disable=True)
+        apply_switches(pipe, self.config)
         self._base_scheduler_config = dict(pipe.scheduler.config)
         self.pipe = pipe
         self._cache_enabled = False
@@ -107,15 +109,21 @@ class WANEngine(Engine):
     def _generate(self, item: Generation, seed: int, ctx: RunContext | None):
         pipe = self.pipe
         pipe.scheduler = make_solver(item.scheduler, self._base_scheduler_config, item.shift or 5.0)
-        self._set_cache(item.step_cache and self.config.cache == "first_block")
+        cached = item.step_cache and self.config.cache == "first_block"
+        self._set_cache(cached)
+        # Both guidance passes in one batch: exact math, so not with the (approximate) step cache,
+        # and only where the pipeline's calls alternate prompt / negative prompt (T2V).
+        batched = (self.config.batched_guidance and item.guidance_scale > 1 and not cached
+                   and not self.supports_reference_frames)
         kwargs = dict(height=item.height, width=item.width, num_frames=item.frames,
                       num_inference_steps=item.steps, guidance_scale=item.guidance_scale, output_type="np",
                       generator=torch.Generator("cpu").manual_seed(seed))
-        if self.config.text_encoder_device == "cpu":
+        if self.config.text_encoder_device == "cpu" or batched:
             # 512 tokens, as the pipeline's own call uses (encode_prompt alone defaults to 226).
+            where = "cpu" if self.config.text_encoder_device == "cpu" else self.device
             embeds, negative_embeds = pipe.encode_prompt(
                 item.prompt, item.negative_prompt, do_classifier_free_guidance=item.guidance_scale > 1,
-                max_sequence_length=512, device=torch.device("cpu"))
+                max_sequence_length=512, device=torch.device(where))
             dtype = pipe.transformer.dtype
             kwargs["prompt_embeds"] = embeds.to(self.device, dtype)
             if negative_embeds is not None:
@@ -128,6 +136,9 @@ class WANEngine(Engine):
             kwargs.update(_vace_inputs(item.reference_mode, list(item.reference_frames), item.width, item.height,
                                        item.frames))
         with torch.inference_mode():
+            if batched:
+                with BatchedGuidance(pipe.transformer, kwargs["negative_prompt_embeds"]):
+                    return pipe(**kwargs).frames[0]
             return pipe(**kwargs).frames[0]
 
     def _set_cache(self, wanted: bool) -> None:

@@ -13,6 +13,7 @@ from shared.engine_settings import WANSettings
 from shared.errors import JobError
 from shared.media import fit_image
 from workers.wan.solvers import normalize_solver
+from workers.wan.speed import uses_cache
 
 
 def valid_frame_count(requested: int) -> int:
@@ -52,5 +53,5 @@ def plan_wan(job: Job, tools: PlanTools, config: WANSettings | None = None) -> P
     facts["reference_mode_applied"] = applied
     job = job.with_changes(frames=frames, width=width, height=height)
     generation = generation_of(job, scheduler=solver, reference_frames=images, reference_mode=applied,
-                               step_cache=job.quality == "fast" and config.cache != "none")
+                               step_cache=uses_cache(config, job.quality, job.type))
     return Plan(job=job, input=generation, facts=facts)

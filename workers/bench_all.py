@@ -1,0 +1,283 @@
+"""`ourvidz-worker bench all`: the whole table on the machine at hand, in one report.
+
+SDXL, WAN, chat and fleet, each against its baseline measured in the same run (stock diffusers,
+transformers' `generate`, one request or one job at a time), written to `DIR/report.json` (a list
+of rows) and `DIR/report.md` (the same as a table). A row: `bench`, `device`, `settings`,
+`baseline` and `ours` (each `{name, <metric>: value}`), `ratio` (ours / baseline of `metric`;
+`better` says whether lower or higher wins), and for SDXL and WAN `ms_per_step` (the denoising
+loop alone) and `mfu` (model FLOPs per step over the card's bf16 peak, which the run measures
+with a matmul). `--tiny`: the tiny models (a few minutes on a CPU); otherwise the full-size
+architectures of ../shared/model-configs with random weights (same compute, nothing to download).
+A bench that fails gives a row with its `error`; the others still run.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shared.engine import NoStops
+from shared.gpu import resolve_dtype, synchronize
+from shared.inputs import Generation
+from shared.settings import REPO_ROOT, Settings
+from workers.bench_measure import CapturedCall, StepClock, peak_tflops, utilisation
+
+MODEL_CONFIGS = REPO_ROOT.parent / "shared" / "model-configs"
+
+
+def _row(bench: str, device: str, settings: dict, baseline: tuple[str, float], ours: tuple[str, float], metric: str,
+         better: str, **extra) -> dict[str, Any]:
+    ratio = ours[1] / baseline[1] if baseline[1] else None
+    return {"bench": bench, "device": device, "settings": settings, "metric": metric, "better": better,
+            "baseline": {"name": baseline[0], metric: round(baseline[1], 4)},
+            "ours": {"name": ours[0], metric: round(ours[1], 4), **extra},
+            "ratio": round(ratio, 3) if ratio is not None else None}
+
+
+def _free(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def _timed(device: str, call: Callable[[], Any]) -> float:
+    synchronize(device)
+    started = time.perf_counter()
+    call()
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def _stepped(engine, module, items, device: str) -> tuple[float | None, float]:
+    """ms per denoising step and model FLOPs per step, from one more call of `items`."""
+    clock = StepClock(device)
+    with CapturedCall(module) as calls:
+        engine.run(items, clock)
+    steps = max(len(clock.marks), 1)
+    return clock.ms_per_step(), calls.flops() * calls.calls / steps
+
+
+def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float) -> list[dict]:
+    from shared.engine_settings import SDXLSettings
+    from workers.sdxl.bench import _time_baseline, random_weights_pipeline
+    from workers.sdxl.engine import SDXLEngine, load_pipeline
+    from workers.sdxl.tiny import make_tiny_sdxl
+
+    if tiny:
+        model, factory, size, steps, jobs, batch = str(make_tiny_sdxl(tmp / "sdxl")), load_pipeline, 64, 4, 4, 4
+    else:
+        model, factory, size, steps, jobs, batch = (str(MODEL_CONFIGS / "sdxl-base-1.0"), random_weights_pipeline,
+                                                    1024, 30, 6, 6)
+    dtype = resolve_dtype("auto", device)
+    work = [Generation(id=f"bench-{i}", media="image", prompt=f"benchmark prompt {i}, a lighthouse at dawn",
+                       negative_prompt="blurry, low quality", width=size, height=size, steps=steps,
+                       guidance_scale=6.0, scheduler="euler", seeds=(i,)) for i in range(jobs)]
+    baseline = _time_baseline(factory(model, None, dtype).to(device), work, device)
+    _free(device)
+    variants: dict[str, dict] = {"worker": {}, "worker + VAE in bf16": {"vae_dtype": "bf16"}}
+    if device.startswith("cuda"):
+        variants["worker + compiled UNet (regional) and VAE"] = {"compile": True, "compile_regional": True,
+                                                                 "compile_vae": True}
+        variants["worker + cuDNN benchmark"] = {"cudnn_benchmark": True}
+    rows = []
+    for label, switches in variants.items():
+        engine = SDXLEngine(model, SDXLSettings(max_batch_images=batch, warmup=True, **switches),
+                            pipeline_factory=factory)
+        engine.setup(device)
+        engine.run(work[:batch], NoStops())  # warm-up at the batched shape too
+        alone = _timed(device, lambda e=engine: [e.run([job], NoStops()) for job in work]) / jobs
+        batched = _timed(device, lambda e=engine: [e.run(work[i:i + batch], NoStops())
+                                                  for i in range(0, jobs, batch)]) / jobs
+        for mode, seconds, items in (("one job at a time", alone, work[:1]), ("batched across jobs", batched,
+                                                                               work[:batch])):
+            ms, flops = _stepped(engine, engine.pipe.unet, items, device)
+            settings = {"size": f"{size}x{size}", "steps": steps, "jobs": jobs, "batch": len(items), "mode": mode,
+                        "dtype": str(dtype).removeprefix("torch."), "switches": switches}
+            rows.append(_row("sdxl", name, settings, ("diffusers default, one job per call", baseline),
+                             (label, seconds), "seconds_per_image", "lower", ms_per_step=_round(ms),
+                             mfu=_round(utilisation(flops, ms, peak), 4), images_per_second=round(1 / seconds, 3)))
+        del engine
+        _free(device)
+    return rows
+
+
+def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float) -> list[dict]:
+    from shared.engine_settings import WANSettings
+    from workers.wan.bench import _time_baseline, random_weights_folder
+    from workers.wan.engine import WANEngine
+    from workers.wan.tiny import make_tiny_wan
+
+    if tiny:
+        folder, width, height, frames, steps = str(make_tiny_wan(tmp / "wan")), 64, 64, 9, 4
+    else:
+        folder = str(random_weights_folder(str(MODEL_CONFIGS / "wan2.1-t2v-1.3b"), tmp / "wan"))
+        width, height, frames, steps = 832, 480, 81, 25
+    dtype = resolve_dtype("auto", device)
+
+    def job(media: str, cache: bool = False) -> Generation:
+        return Generation(id=f"bench-{media}", media=media, prompt="waves rolling onto a beach at dusk",
+                          negative_prompt="blurry, low quality, static", width=width, height=height, steps=steps,
+                          guidance_scale=6.5, scheduler="unipc", seeds=(1,), frames=frames if media == "video" else 1,
+                          fps=16, shift=5.0, step_cache=cache)
+
+    baseline = _time_baseline(folder, {"video": job("video"), "image": job("image")}, device, dtype, width, height,
+                              steps)
+    _free(device)
+    variants: dict[str, tuple[dict, bool]] = {
+        "worker": ({}, False), "worker + batched guidance": ({"batched_guidance": True}, False),
+        "worker + first-block cache": ({"cache": "first_block"}, True),
+        "worker + VAE in bf16": ({"vae_dtype": "bf16"}, False)}
+    if device.startswith("cuda"):
+        variants["worker + compiled blocks"] = ({"compile": True}, False)
+    rows = []
+    for label, (switches, cached) in variants.items():
+        engine = WANEngine(folder, WANSettings(warmup=False, **switches))
+        engine.setup(device)
+        for media in ("video", "image") if label == "worker" else ("video",):
+            item = job(media, cached)
+            engine.run([item], NoStops())  # warm-up (and compile)
+            seconds = _timed(device, lambda e=engine, i=item: e.run([i], NoStops()))
+            ms, flops = _stepped(engine, engine.pipe.transformer, [item], device)
+            settings = {"size": f"{width}x{height}", "frames": item.frames, "steps": steps, "media": media,
+                        "dtype": str(dtype).removeprefix("torch."), "switches": switches}
+            rows.append(_row("wan", name, settings, ("diffusers default", baseline[media]), (label, seconds),
+                             "seconds_per_job", "lower", ms_per_step=_round(ms),
+                             mfu=_round(utilisation(flops, ms, peak), 4)))
+        del engine
+        _free(device)
+    return rows
+
+
+def chat_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float) -> list[dict]:
+    import importlib.util
+
+    from workers.chat.bench import run_chat_bench
+    from workers.chat.tiny import make_tiny_chat
+
+    if tiny:
+        model, random, tokens, concurrency, long = str(make_tiny_chat(tmp / "chat")), False, 32, (16, 64), 256
+    else:
+        model, random, tokens, concurrency, long = str(MODEL_CONFIGS / "qwen2.5-7b-instruct"), True, 64, (16,), 512
+    backends = ["transformers"]
+    if device.startswith("cuda") and importlib.util.find_spec("vllm") is not None:
+        backends.append("vllm")
+    rows, single = [], {}
+    for backend in backends:
+        report = run_chat_bench(model, device=device, max_tokens=tokens, random_weights=random, backend=backend,
+                                concurrency=concurrency, long_tokens=long)
+        serving = report["serving"]
+        one = serving["one_at_a_time"]["tokens_per_second"]
+        single[backend] = serving
+        base = {"model": report["model"], "dtype": report["dtype"], "max_tokens": tokens, "backend": backend}
+        for n, burst in serving["concurrent"].items():
+            rows.append(_row("chat", name, {**base, "concurrent": n}, ("one request at a time", one),
+                             (f"{n} concurrent, continuous batching", burst["tokens_per_second"]), "tokens_per_second",
+                             "higher", answered=f"{burst['answered']}/{burst['requests']}",
+                             p50_s=burst["p50_latency_s"], p95_s=burst["p95_latency_s"]))
+        rows.append(_row("chat", name, {**base, "long_tokens": long}, ("a short request alone",
+                                                                       serving["short_alone_p50_s"]),
+                         ("the same beside a long one", serving["short_beside_long_s"]), "seconds", "lower",
+                         long_request_s=serving["long_s"]))
+        for v in report.get("versus_transformers", []):
+            rows.append(_row("chat", name, {**base, "rows": v["rows"], "prompt_tokens": v["prompt_tokens"]},
+                             ("transformers generate", v["transformers_tokens_per_second"]),
+                             ("this decoder", v["this_backend_tokens_per_second"]), "tokens_per_second", "higher"))
+        _free(device)
+    if "vllm" in single:  # the GPU question: vLLM against transformers, alone and at 16
+
+        def tokens_per_second(serving: dict, n: int) -> float:
+            return (serving["one_at_a_time"] if n == 1 else serving["concurrent"][n])["tokens_per_second"]
+
+        for n in (1, 16):
+            rows.append(_row("chat", name, {"concurrent": n, "max_tokens": tokens},
+                             ("transformers", tokens_per_second(single["transformers"], n)),
+                             ("vllm", tokens_per_second(single["vllm"], n)), "tokens_per_second", "higher"))
+    return rows
+
+
+def fleet_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float) -> list[dict]:
+    from workers.bench_fleet import run_fleet_bench
+
+    redis_url = Settings().effective_redis_url
+    jobs, gpu, upload = (8, 0.2, 0.1) if tiny else (20, 1.0, 0.2)
+    fleet = run_fleet_bench(jobs=jobs, gpu_seconds=gpu, upload_latency=upload, callback_latency=0.05,
+                            redis_url=redis_url, size=256 if tiny else 1024)
+    rows = [_row("fleet", name, {"jobs": jobs, "gpu_seconds_per_image": gpu, "upload_latency_s": upload,
+                                 "engine": "sim"},
+                 ("one job at a time (claim, infer, upload, call back)", fleet["serial"]["wall_seconds"]),
+                 ("the runtime (claim ahead, deliver behind)", fleet["pipelined"]["wall_seconds"]), "wall_seconds",
+                 "lower", gpu_busy=fleet["pipelined"]["gpu_busy_fraction"],
+                 baseline_gpu_busy=fleet["serial"]["gpu_busy_fraction"])]
+    publishing = run_fleet_bench(jobs=4 if tiny else 16, gpu_seconds=0.25, upload_latency=0.5, callback_latency=0.05,
+                                 redis_url=redis_url, size=256 if tiny else 1024, images=6, modes=("pipelined",))
+    rows.append(_row("fleet", name, {"jobs": publishing["jobs"], "images_per_job": 6, "gpu_seconds_per_image": 0.25,
+                                     "upload_latency_s": 0.5, "engine": "sim"},
+                     ("the GPU time alone", publishing["gpu_seconds_total"]),
+                     ("the runtime, uploads behind the GPU", publishing["pipelined"]["wall_seconds"]), "wall_seconds",
+                     "lower", gpu_busy=publishing["pipelined"]["gpu_busy_fraction"]))
+    return rows
+
+
+BENCHES = {"sdxl": sdxl_rows, "wan": wan_rows, "chat": chat_rows, "fleet": fleet_rows}
+
+
+def run_all(device: str, tiny: bool, out: Path, only: tuple[str, ...] = tuple(BENCHES)) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda but no CUDA GPU is visible")
+    name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "CPU"
+    peak = peak_tflops(device)
+    rows: list[dict] = []
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        for bench in only:
+            begun = time.monotonic()
+            try:
+                made = BENCHES[bench](device, name, tiny, Path(tmp), peak)
+            except Exception as exc:  # noqa: BLE001 - one bench failing must not lose the others' figures
+                made = [{"bench": bench, "device": name, "error": f"{type(exc).__name__}: {exc}",
+                         "trace": traceback.format_exc(limit=3)}]
+            for row in made:
+                row["peak_tflops_measured"] = round(peak, 3)
+                row["bench_seconds"] = round(time.monotonic() - begun, 1)
+            rows += made
+    (out / "report.json").write_text(json.dumps(rows, indent=2, default=str))
+    table = markdown(rows, name, peak, tiny, time.monotonic() - started)
+    (out / "report.md").write_text(table)
+    return {"rows": rows, "table": table, "out": str(out)}
+
+
+def _round(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def markdown(rows: list[dict], device: str, peak: float, tiny: bool, seconds: float) -> str:
+    lines = [f"# ourvidz-worker bench all: {device}, {'tiny models' if tiny else 'full-size random weights'}",
+             "", f"Measured peak (matmul, {'bf16' if device != 'CPU' else 'fp32'}): {peak:.2f} TFLOP/s. "
+             f"Whole run: {seconds:.0f} s. Ratio = ours / baseline of each row's metric.", "",
+             "| bench | settings | baseline | ours | ratio | ms/step | MFU |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['bench']} | | | error: {r['error'][:120]} | | | |")
+            continue
+        metric = r["metric"]
+        settings = ", ".join(f"{k} {v}" for k, v in r["settings"].items() if k != "switches" and v not in (None, {}))
+        ours = r["ours"]
+        mfu = f"{ours['mfu'] * 100:.2f}%" if ours.get("mfu") is not None else ""
+        lines.append(f"| {r['bench']} | {settings} | {r['baseline']['name']}: {r['baseline'][metric]:g} | "
+                     f"{ours['name']}: {ours[metric]:g} | {r['ratio']} ({r['better']} is better) | "
+                     f"{ours.get('ms_per_step') or ''} | {mfu} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_from_args(args) -> dict[str, Any]:
+    only = tuple(b.strip() for b in args.only.split(",") if b.strip())
+    return run_all(args.device, args.tiny, Path(args.out), only)

@@ -1,0 +1,63 @@
+"""SDXL speed switches (SDXL_* settings), each off until measured faster on a GPU.
+
+- `SDXL_COMPILE`: torch.compile the UNet (`SDXL_COMPILE_REGIONAL`: only its repeated transformer
+  blocks, which compiles much faster) and with `SDXL_COMPILE_VAE` the VAE decoder, shape-dynamic,
+  then warmed up at every size the presets serve, so no job pays for a compile.
+  `SDXL_COMPILE_MODE=reduce-overhead` adds CUDA graphs. Exact math (within float error).
+- `SDXL_CUDNN_BENCHMARK`: cuDNN times its convolution algorithms per shape and keeps the fastest.
+  Exact math.
+- `SDXL_VAE_DTYPE=bf16`: decode in bfloat16. SDXL's VAE overflows in float16 (NaNs: diffusers
+  upcasts it to float32 then); bfloat16 has float32's range, so it decodes without NaNs and
+  without the upcast. Approximate (see README's bound).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from shared.engine_settings import SDXLSettings
+
+# Sizes the presets and the 2026-04 backend's `resolution` ask for (configs/presets.toml).
+SERVED_SIZES = ((1024, 1024), (1024, 576), (576, 1024))
+VAE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def apply_switches(pipe, config: SDXLSettings) -> None:
+    """At setup, after the pipeline is on its device."""
+    if config.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+    if config.vae_dtype != "auto":
+        dtype = VAE_DTYPES[config.vae_dtype]
+        pipe.vae.to(dtype)
+        # fp16 keeps diffusers' upcast (its NaN guard); bf16 and fp32 need none.
+        pipe.vae.config.force_upcast = config.vae_dtype == "fp16"
+        # The pipeline hands the VAE latents (and references) in the UNet's dtype: convert them at its door.
+        for part in (pipe.vae.encoder, pipe.vae.decoder, pipe.vae.quant_conv, pipe.vae.post_quant_conv):
+            if part is not None:
+                part.register_forward_pre_hook(_in_dtype(dtype))
+    if config.compile:
+        options = dict(mode=config.compile_mode, backend=config.compile_backend, fullgraph=False, dynamic=True)
+        if config.compile_regional:
+            pipe.unet.compile_repeated_blocks(**options)
+        else:
+            pipe.unet = torch.compile(pipe.unet, **options)
+        if config.compile_vae:
+            pipe.vae.decoder = torch.compile(pipe.vae.decoder, **options)
+
+
+def _in_dtype(dtype: torch.dtype):
+    def cast(_module, args):
+        return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+    return cast
+
+
+def warmup_sizes(config: SDXLSettings, device: str) -> list[tuple[int, int, int]]:
+    """(width, height, batch) to run before the worker says ready. Compiled: every served size at
+    one image and at a full batch (the compile is shape-dynamic, so these cover the rest);
+    otherwise one small call that loads the kernels."""
+    if not config.compile or not device.startswith("cuda"):
+        side = 1024 if device.startswith("cuda") else 64
+        return [(side, side, 1)]
+    batches = sorted({1, config.max_batch_images})
+    return [(w, h, b) for w, h in SERVED_SIZES for b in batches]
