@@ -32,3 +32,35 @@ def test_secrets_never_reach_the_log(capsys, monkeypatch):
 def test_redact_text_scrubs_url_credentials_and_bearer_tokens():
     assert redact_text("redis://user:pw@host:6379/0") == "redis://user:***@host:6379/0"
     assert redact_text("Authorization: Bearer abc.def") == "Authorization: Bearer ***"
+
+
+def test_library_records_and_warnings_are_json_lines_and_log_level_holds():
+    """In a fresh process (pytest replaces Python's warning display in its own)."""
+    import subprocess
+    import sys
+
+    program = """
+import logging, warnings
+from shared.logging import configure_logging, get_logger
+early = get_logger(component="made-at-import")  # as modules do, before any configuration
+configure_logging("WARNING")
+early.info("too_quiet_to_show")
+early.warning("shown", job_id="j1")
+logging.getLogger("transformers.modeling_utils").warning("a library says %s", "something")
+logging.getLogger("uvicorn.error").info("below the level")
+warnings.warn("deprecated thing", DeprecationWarning, stacklevel=1)
+"""
+    done = subprocess.run([sys.executable, "-W", "always", "-c", program], capture_output=True, text=True, timeout=60,
+                          check=True)
+    lines = [json.loads(line) for line in done.stderr.strip().splitlines()]  # every line is JSON
+    assert [line["event"] for line in lines[:2]] == ["shown", "a library says something"]
+    assert lines[0]["component"] == "made-at-import" and lines[1]["logger"] == "transformers.modeling_utils"
+    assert "deprecated thing" in lines[2]["event"] and lines[2]["logger"] == "py.warnings" and len(lines) == 3
+
+
+def test_console_format_for_people_at_a_terminal(capsys):
+    configure_logging("INFO", fmt="console")
+    get_logger(worker_id="w1").info("worker_ready", engine="sim")
+    line = capsys.readouterr().err.strip()
+    assert "worker_ready" in line and "engine=sim" in line and not line.startswith("{")
+    configure_logging("WARNING")
