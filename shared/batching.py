@@ -171,14 +171,15 @@ class BatchContext:
 class ContinuousContext(BatchContext):
     """For a continuous engine: inputs join between steps (`admit`) and leave when done (`finish`).
 
-    The keeper's hung-engine watchdog watches the oldest input still on the engine, since the run
-    itself may go on for as long as work keeps arriving.
+    A finished input leaves `tasks` too, so a run that goes on for hours under steady load keeps
+    only what is on the engine (and reads only their cancellation flags). The keeper's hung-engine
+    watchdog watches the oldest input still on the engine, since the run itself may go on for as
+    long as work keeps arriving.
     """
 
     def __init__(self, worker: Worker, key):
         super().__init__(worker)
         self.key = key
-        self.done: set[str] = set()
 
     def admit(self, budget: int) -> list[Any]:
         worker = self.worker
@@ -192,14 +193,15 @@ class ContinuousContext(BatchContext):
         return [task.input for task in live]
 
     def finish(self, item: Any, outcome: Any) -> None:
-        self.done.add(item.id)
         task = self.tasks[item.id]
         if task.started_at is not None:
             self.worker.metrics.generation_seconds.labels(job_type_of(task)).observe(
                 time.monotonic() - task.started_at)
         super().finish(item, outcome)
-        running = [t.started_at for j, t in self.tasks.items() if j not in self.done and t.started_at is not None]
+        del self.tasks[item.id]
+        self.cancelled.discard(item.id)
+        running = [t.started_at for t in self.tasks.values() if t.started_at is not None]
         self.worker.keeper.batch_started = min(running, default=time.monotonic())
 
     def unfinished(self) -> list[Task]:
-        return [task for job_id, task in self.tasks.items() if job_id not in self.done]
+        return list(self.tasks.values())
