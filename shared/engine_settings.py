@@ -21,7 +21,7 @@ class SDXLSettings(BaseSettings):
     max_batch_images: int = Field(default=6, ge=1, le=32, description="images per pipeline call across jobs")
     channels_last: bool = Field(default=True, description="channels-last memory format for UNet and VAE")
     fuse_qkv: bool = Field(default=True, description="fused QKV attention projections")
-    # GPU speed switches (workers/sdxl/speed.py). Off until measured faster on a GPU: see README.
+    # GPU speed switches (workers/sdxl/speed.py). On by default only what an H200 measured faster: see README.
     compile: bool = Field(default=False, description="torch.compile the UNet (warmed up before ready)")
     compile_mode: str = Field(default="max-autotune-no-cudagraphs",
                               description="torch.compile mode; reduce-overhead adds CUDA graphs")
@@ -30,8 +30,12 @@ class SDXLSettings(BaseSettings):
                                    description="with SDXL_COMPILE: only the repeated transformer blocks (faster compile)")
     compile_backend: str = Field(default="inductor", description="torch.compile backend (tests use eager)")
     cudnn_benchmark: bool = Field(default=False, description="let cuDNN pick the fastest convolution per shape")
-    vae_dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        default="auto", description="VAE decode precision; auto: the model's (fp16 is upcast to fp32 by diffusers)")
+    vae_dtype: Literal["auto", "model", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="VAE decode precision; auto: bf16 on CUDA, else the model's (model: diffusers' "
+                                    "own, which upcasts fp16 and bf16 to fp32)")
+    cache: Literal["none", "deep"] = Field(
+        default="none", description="deep: DeepCache-style step cache for fast-preset jobs (approximate)")
+    cache_interval: int = Field(default=3, ge=2, le=10, description="with SDXL_CACHE: the full UNet every N steps")
     vae_tiling_above: int = Field(default=1024, description="VAE tiling when width or height exceeds this")
     reference_resize: Literal["cover", "contain", "stretch"] = Field(
         default="cover", description="fit a reference to the job size: crop, pad, or distort")
@@ -50,8 +54,9 @@ class WANSettings(BaseSettings):
     cache: Literal["none", "first_block"] = Field(default="none", description="step caching (approximate)")
     cache_threshold: float = Field(default=0.05, gt=0)
     cache_presets: str = Field(default="fast", description="qualities or job types the step cache applies to")
-    # GPU speed switches (workers/wan/speed.py). Off until measured faster on a GPU: see README.
-    compile: bool = Field(default=False, description="torch.compile the transformer's repeated blocks")
+    # GPU speed switches (workers/wan/speed.py). On by default only what an H200 measured faster: see README.
+    compile: Literal["auto"] | bool = Field(
+        default="auto", description="torch.compile the transformer's repeated blocks; auto: on CUDA")
     compile_mode: str = Field(default="default", description="torch.compile mode")
     compile_backend: str = Field(default="inductor", description="torch.compile backend (tests use eager)")
     batched_guidance: bool = Field(default=False,

@@ -41,3 +41,11 @@ def synchronize(device: str) -> None:
         import torch
 
         torch.cuda.synchronize()
+
+
+def random_init_device() -> str:
+    """Where to draw a full-size model's random weights: a GPU draws billions in a second, a CPU
+    takes a minute (the benchmarks' random-weight models only; real weights load from disk)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

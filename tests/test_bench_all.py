@@ -23,3 +23,34 @@ def test_bench_all_on_the_tiny_models_writes_one_report_with_every_bench(tmp_pat
     table = (tmp_path / "report.md").read_text()
     assert table.count("\n| sdxl") + table.count("\n| wan") + table.count("\n| chat") + table.count("\n| fleet") == len(rows)
     assert "| bench |" in capsys.readouterr().out  # and the table is printed
+
+
+def test_a_bench_cut_short_keeps_the_rows_it_measured_and_runs_only_the_variants_asked(tmp_path, monkeypatch):
+    """A lease ends mid-run: every finished row is already in report.json and report.md."""
+    import workers.bench_all as bench_all
+
+    def sdxl(device, name, tiny, tmp, peak, configs, pick):
+        for key in ("worker", "vae-bf16", "compile"):
+            if pick(key):
+                yield bench_all._row("sdxl", name, {"variant": key}, ("stock", 2.0), (key, 1.0), "seconds", "lower")
+        raise KeyboardInterrupt  # the lease's timeout
+
+    monkeypatch.setitem(bench_all.BENCHES, "sdxl", sdxl)
+    monkeypatch.setattr(bench_all, "peak_tflops", lambda device: 1.0)
+    try:
+        bench_all.run_all("cpu", True, tmp_path, ("sdxl",), variants=("worker", "compile"))
+    except KeyboardInterrupt:
+        pass
+    rows = json.loads((tmp_path / "report.json").read_text())
+    assert [row["ours"]["name"] for row in rows] == ["worker", "compile"]
+    assert "| sdxl | variant compile |" in (tmp_path / "report.md").read_text()
+
+
+def test_the_step_clock_marks_each_step_once_however_many_inputs_report_it():
+    from workers.bench_measure import StepClock
+
+    clock = StepClock("cpu")
+    for step in (1, 2, 3):
+        for item in ("a", "b", "c", "d"):  # a batch of four reports every step four times
+            clock.progress(item, step, 3)
+    assert len(clock.marks) == 3 and clock.ms_per_step() >= 0

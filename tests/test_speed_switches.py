@@ -13,10 +13,10 @@ from shared.engine import NoStops
 from shared.engine_settings import SDXLSettings, WANSettings
 from shared.inputs import Generation
 from workers.sdxl.engine import SDXLEngine
-from workers.sdxl.speed import SERVED_SIZES, warmup_sizes
+from workers.sdxl.speed import SERVED_SIZES, vae_dtype, warmup_sizes
 from workers.sdxl.tiny import make_tiny_sdxl
 from workers.wan.engine import WANEngine
-from workers.wan.speed import BatchedGuidance, uses_cache
+from workers.wan.speed import BatchedGuidance, compiles, uses_cache, warmup_shapes
 from workers.wan.tiny import make_tiny_wan
 
 # Bounds stated in the README's table of switches: mean absolute pixel difference from the exact
@@ -24,6 +24,7 @@ from workers.wan.tiny import make_tiny_wan
 SDXL_VAE_BF16_BOUND = 0.005  # measured 0.0014
 WAN_VAE_BF16_BOUND = 0.03  # measured 0.006 to 0.016 (a deeper, causal 3D VAE)
 FIRST_BLOCK_CACHE_BOUND = 0.001  # measured 0.00004 at threshold 0.2
+SDXL_DEEP_CACHE_BOUND = 0.005  # measured 0.0020 to 0.0022 at interval 3 over 6 steps
 
 
 def mean_difference(a: np.ndarray, b: np.ndarray) -> float:
@@ -91,6 +92,41 @@ def test_a_compiled_sdxl_warms_up_at_every_size_the_presets_serve():
     assert warmup_sizes(SDXLSettings(), "cpu") == [(64, 64, 1)]
 
 
+def test_sdxl_deep_cache_runs_the_deep_blocks_every_nth_step_on_fast_jobs_within_the_bound(sdxl_model):
+    def job(fast: bool) -> Generation:
+        return Generation(id="s", media="image", prompt="a red fox in the snow", negative_prompt="blurry", width=64,
+                          height=64, steps=6, guidance_scale=6.0, scheduler="euler", seeds=(7,), step_cache=fast)
+
+    def run(engine: SDXLEngine, item: Generation) -> tuple[np.ndarray, int]:
+        deep = []  # the middle block's first resnet runs only when the deep blocks really compute
+        handle = engine.pipe.unet.mid_block.resnets[0].register_forward_pre_hook(lambda *a: deep.append(1))
+        try:
+            return engine.run([item], NoStops())[0].items[0]._pixels, len(deep)
+        finally:
+            handle.remove()
+
+    plain = SDXLEngine(sdxl_model, SDXLSettings(warmup=False))
+    plain.setup("cpu")
+    exact, full = run(plain, job(True))
+    engine = SDXLEngine(sdxl_model, SDXLSettings(warmup=False, cache="deep", cache_interval=3))
+    engine.setup("cpu")
+    assert engine.batch_key(job(True)) != engine.batch_key(job(False))  # cached and uncached never share a call
+    uncached, deep_calls = run(engine, job(False))  # not a fast preset: untouched
+    assert deep_calls == full == 6
+    np.testing.assert_allclose(uncached, exact, atol=1e-6)
+    cached, deep_calls = run(engine, job(True))
+    assert deep_calls == 2  # steps 1 and 4 of 6
+    assert 0 < mean_difference(cached, exact) <= SDXL_DEEP_CACHE_BOUND
+    for block in [*engine.pipe.unet.down_blocks, engine.pipe.unet.mid_block, *engine.pipe.unet.up_blocks]:
+        assert "forward" not in block.__dict__  # the UNet is as it was after the call
+
+
+def test_sdxl_deep_cache_refuses_a_whole_unet_compile(sdxl_model):
+    engine = SDXLEngine(sdxl_model, SDXLSettings(warmup=False, cache="deep", compile=True, compile_backend="eager"))
+    with pytest.raises(ValueError, match="SDXL_COMPILE_REGIONAL"):
+        engine.setup("cpu")
+
+
 def wan_run(model: str, job: Generation | None = None, **switches):
     engine = WANEngine(model, WANSettings(warmup=False, **switches))
     engine.setup("cpu")
@@ -129,6 +165,36 @@ def test_wan_compiled_blocks_give_the_same_video(wan_model, wan_reference):
     engine, frames = wan_run(wan_model, compile=True, compile_backend="eager")
     assert any(getattr(m, "_compiled_call_impl", None) is not None for m in engine.pipe.transformer.modules())
     np.testing.assert_allclose(frames, wan_reference, atol=1e-4)
+
+
+@torch._dynamo.register_backend(name="ourvidz_no_compiler")
+def _no_compiler(graph, example_inputs):
+    raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+
+
+def test_a_wan_compile_that_fails_at_warm_up_falls_back_to_eager(wan_model, wan_reference, capfd):
+    engine, frames = wan_run(wan_model, compile=True, compile_backend="ourvidz_no_compiler")
+    logged = capfd.readouterr().err
+    assert "wan_compile_failed" in logged and "Failed to find C compiler" in logged
+    assert engine.compiled is False
+    assert not any(getattr(m, "_compiled_call_impl", None) is not None for m in engine.pipe.transformer.modules())
+    np.testing.assert_allclose(frames, wan_reference, atol=1e-4)  # the worker serves, eagerly
+
+
+def test_speed_defaults_are_what_the_gpu_measured_faster_and_stay_off_on_a_cpu(monkeypatch):
+    assert vae_dtype(SDXLSettings(), "cuda") == "bf16" and vae_dtype(SDXLSettings(), "cpu") == "model"
+    assert vae_dtype(SDXLSettings(vae_dtype="fp32"), "cuda") == "fp32"
+    assert compiles(WANSettings(), "cuda") and not compiles(WANSettings(), "cpu")
+    monkeypatch.setenv("WAN_COMPILE", "false")
+    assert not compiles(WANSettings(), "cuda")
+    monkeypatch.setenv("WAN_COMPILE", "true")
+    assert compiles(WANSettings(), "cpu")
+    off = SDXLSettings()
+    assert not off.compile and not off.cudnn_benchmark  # not measured faster: off
+    assert not WANSettings().batched_guidance and WANSettings().vae_dtype == "fp32" and WANSettings().cache == "none"
+    assert warmup_shapes(True, 1024) == [(480, 832, 1), (480, 832, 81)]  # the real model: the presets' size
+    assert warmup_shapes(True, 32) == [(64, 64, 1), (64, 64, 5)]  # the tiny model's position table is short
+    assert warmup_shapes(False, 1024) == [(32, 32, 1)]
 
 
 def test_wan_vae_in_bfloat16_stays_within_the_bound(wan_model, wan_reference):

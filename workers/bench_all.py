@@ -18,7 +18,8 @@ import json
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,29 +44,40 @@ def _row(bench: str, device: str, settings: dict, baseline: tuple[str, float], o
 
 
 def _free(device: str) -> None:
+    """Between variants: memory back, and the peak counter restarted for the next one."""
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
-def _timed(device: str, call: Callable[[], Any]) -> float:
+def _peak_gib(device: str) -> float | None:
+    """GPU memory the variant has held at most so far (load, warm-up and runs), in GiB."""
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None
+
+
+def _measured(engine, module, batches: list[list[Generation]], device: str) -> tuple[float, float | None, float]:
+    """Wall seconds to run `batches` one after another; from the last one, ms per denoising step and
+    model FLOPs per step (counted afterwards, outside the timing)."""
+    clock = StepClock(device)
     synchronize(device)
     started = time.perf_counter()
-    call()
-    synchronize(device)
-    return time.perf_counter() - started
-
-
-def _stepped(engine, module, items, device: str) -> tuple[float | None, float]:
-    """ms per denoising step and model FLOPs per step, from one more call of `items`."""
-    clock = StepClock(device)
+    for batch in batches[:-1]:
+        engine.run(batch, NoStops())
     with CapturedCall(module) as calls:
-        engine.run(items, clock)
-    steps = max(len(clock.marks), 1)
-    return clock.ms_per_step(), calls.flops() * calls.calls / steps
+        engine.run(batches[-1], clock)
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    return seconds, clock.ms_per_step(), calls.flops() * calls.calls / max(len(clock.marks), 1)
 
 
-def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float) -> list[dict]:
+def _short(items: list[Generation]) -> list[Generation]:
+    """The same shapes in 2 steps: a warm-up loads kernels (and compiles) without paying for a whole job."""
+    return [replace(item, steps=2) for item in items]
+
+
+def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
+              pick: Callable[[str], bool]) -> Iterator[dict]:
     from shared.engine_settings import SDXLSettings
     from workers.sdxl.bench import _time_baseline, random_weights_pipeline
     from workers.sdxl.engine import SDXLEngine, load_pipeline
@@ -74,42 +86,48 @@ def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float) -> lis
     if tiny:
         model, factory, size, steps, jobs, batch = str(make_tiny_sdxl(tmp / "sdxl")), load_pipeline, 64, 4, 4, 4
     else:
-        model, factory, size, steps, jobs, batch = (str(MODEL_CONFIGS / "sdxl-base-1.0"), random_weights_pipeline,
-                                                    1024, 30, 6, 6)
+        model, factory, size, steps, jobs, batch = (str(configs / "sdxl-base-1.0"), random_weights_pipeline,
+                                                    1024, 30, 4, 4)
     dtype = resolve_dtype("auto", device)
     work = [Generation(id=f"bench-{i}", media="image", prompt=f"benchmark prompt {i}, a lighthouse at dawn",
                        negative_prompt="blurry, low quality", width=size, height=size, steps=steps,
                        guidance_scale=6.0, scheduler="euler", seeds=(i,)) for i in range(jobs)]
     baseline = _time_baseline(factory(model, None, dtype).to(device), work, device)
     _free(device)
-    variants: dict[str, dict] = {"worker": {}, "worker + VAE in bf16": {"vae_dtype": "bf16"}}
-    if device.startswith("cuda"):
-        variants["worker + compiled UNet (regional) and VAE"] = {"compile": True, "compile_regional": True,
-                                                                 "compile_vae": True}
-        variants["worker + cuDNN benchmark"] = {"cudnn_benchmark": True}
-    rows = []
-    for label, switches in variants.items():
+    # "worker": every speed switch off; then each switch alone; then the shipped defaults together.
+    off = {"vae_dtype": "model", "compile": False, "cudnn_benchmark": False}
+    variants = {"worker": ("worker", off), "vae-bf16": ("worker + VAE in bf16", {**off, "vae_dtype": "bf16"}),
+                "cache": ("worker + DeepCache, full UNet every 3 steps", {**off, "cache": "deep", "cache_interval": 3})}
+    if device.startswith("cuda"):  # compiling on a CPU takes minutes and says nothing about a GPU
+        variants["cudnn"] = ("worker + cuDNN benchmark", {**off, "cudnn_benchmark": True})
+        variants["compile-regional"] = ("worker + compiled UNet blocks and VAE decoder",
+                                        {**off, "compile": True, "compile_regional": True, "compile_vae": True})
+        variants["compile"] = ("worker + compiled UNet and VAE decoder", {**off, "compile": True, "compile_vae": True})
+        variants["defaults"] = ("worker, shipped defaults", {})
+    for label, switches in (variants[key] for key in variants if pick(key)):
+        jobs_here = [replace(job, step_cache=True) for job in work] if switches.get("cache") else work
+        begun = time.perf_counter()
         engine = SDXLEngine(model, SDXLSettings(max_batch_images=batch, warmup=True, **switches),
                             pipeline_factory=factory)
-        engine.setup(device)
-        engine.run(work[:batch], NoStops())  # warm-up at the batched shape too
-        alone = _timed(device, lambda e=engine: [e.run([job], NoStops()) for job in work]) / jobs
-        batched = _timed(device, lambda e=engine: [e.run(work[i:i + batch], NoStops())
-                                                  for i in range(0, jobs, batch)]) / jobs
-        for mode, seconds, items in (("one job at a time", alone, work[:1]), ("batched across jobs", batched,
-                                                                               work[:batch])):
-            ms, flops = _stepped(engine, engine.pipe.unet, items, device)
-            settings = {"size": f"{size}x{size}", "steps": steps, "jobs": jobs, "batch": len(items), "mode": mode,
+        engine.setup(device)  # warms up (and compiles) at the served sizes
+        engine.run(_short(jobs_here[:batch]), NoStops())  # and at the batched shape
+        ready = time.perf_counter() - begun
+        for mode, batches in (("one job at a time", [[job] for job in jobs_here]),
+                              ("batched across jobs", [jobs_here[i:i + batch] for i in range(0, jobs, batch)])):
+            seconds, ms, flops = _measured(engine, engine.pipe.unet, batches, device)
+            seconds /= jobs
+            settings = {"size": f"{size}x{size}", "steps": steps, "jobs": jobs, "batch": len(batches[0]), "mode": mode,
                         "dtype": str(dtype).removeprefix("torch."), "switches": switches}
-            rows.append(_row("sdxl", name, settings, ("diffusers default, one job per call", baseline),
-                             (label, seconds), "seconds_per_image", "lower", ms_per_step=_round(ms),
-                             mfu=_round(utilisation(flops, ms, peak), 4), images_per_second=round(1 / seconds, 3)))
+            yield _row("sdxl", name, settings, ("diffusers default, one job per call", baseline),
+                       (label, seconds), "seconds_per_image", "lower", ms_per_step=_round(ms),
+                       mfu=_round(utilisation(flops, ms, peak), 4), images_per_second=round(1 / seconds, 3),
+                       ready_s=round(ready, 1), peak_gib=_peak_gib(device))
         del engine
         _free(device)
-    return rows
 
 
-def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float) -> list[dict]:
+def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
+             pick: Callable[[str], bool]) -> Iterator[dict]:
     from shared.engine_settings import WANSettings
     from workers.wan.bench import _time_baseline, random_weights_folder
     from workers.wan.engine import WANEngine
@@ -118,7 +136,7 @@ def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float) -> list
     if tiny:
         folder, width, height, frames, steps = str(make_tiny_wan(tmp / "wan")), 64, 64, 9, 4
     else:
-        folder = str(random_weights_folder(str(MODEL_CONFIGS / "wan2.1-t2v-1.3b"), tmp / "wan"))
+        folder = str(random_weights_folder(str(configs / "wan2.1-t2v-1.3b"), tmp / "wan"))
         width, height, frames, steps = 832, 480, 81, 25
     dtype = resolve_dtype("auto", device)
 
@@ -131,32 +149,35 @@ def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float) -> list
     baseline = _time_baseline(folder, {"video": job("video"), "image": job("image")}, device, dtype, width, height,
                               steps)
     _free(device)
-    variants: dict[str, tuple[dict, bool]] = {
-        "worker": ({}, False), "worker + batched guidance": ({"batched_guidance": True}, False),
-        "worker + first-block cache": ({"cache": "first_block"}, True),
-        "worker + VAE in bf16": ({"vae_dtype": "bf16"}, False)}
+    off = {"compile": False, "batched_guidance": False, "vae_dtype": "fp32", "cache": "none"}
+    variants = {"worker": ("worker", off, False),
+                "cache": ("worker + first-block cache", {**off, "cache": "first_block"}, True),
+                "batched-guidance": ("worker + batched guidance", {**off, "batched_guidance": True}, False),
+                "vae-bf16": ("worker + VAE in bf16", {**off, "vae_dtype": "bf16"}, False)}
     if device.startswith("cuda"):
-        variants["worker + compiled blocks"] = ({"compile": True}, False)
-    rows = []
-    for label, (switches, cached) in variants.items():
+        variants["compile"] = ("worker + compiled blocks", {**off, "compile": True}, False)
+        variants["defaults"] = ("worker, shipped defaults", {}, False)
+    for key, (label, switches, cached) in ((k, v) for k, v in variants.items() if pick(k)):
+        begun = time.perf_counter()
         engine = WANEngine(folder, WANSettings(warmup=False, **switches))
         engine.setup(device)
-        for media in ("video", "image") if label == "worker" else ("video",):
+        for media in ("video", "image") if key == "worker" else ("video",):
             item = job(media, cached)
-            engine.run([item], NoStops())  # warm-up (and compile)
-            seconds = _timed(device, lambda e=engine, i=item: e.run([i], NoStops()))
-            ms, flops = _stepped(engine, engine.pipe.transformer, [item], device)
+            engine.run(_short([item]), NoStops())  # warm-up (and compile)
+            ready = time.perf_counter() - begun
+            begun = time.perf_counter()  # an image after the video: its own warm-up alone
+            seconds, ms, flops = _measured(engine, engine.pipe.transformer, [[item]], device)
             settings = {"size": f"{width}x{height}", "frames": item.frames, "steps": steps, "media": media,
                         "dtype": str(dtype).removeprefix("torch."), "switches": switches}
-            rows.append(_row("wan", name, settings, ("diffusers default", baseline[media]), (label, seconds),
-                             "seconds_per_job", "lower", ms_per_step=_round(ms),
-                             mfu=_round(utilisation(flops, ms, peak), 4)))
+            yield _row("wan", name, settings, ("diffusers default", baseline[media]), (label, seconds),
+                       "seconds_per_job", "lower", ms_per_step=_round(ms),
+                       mfu=_round(utilisation(flops, ms, peak), 4), ready_s=round(ready, 1), peak_gib=_peak_gib(device))
         del engine
         _free(device)
-    return rows
 
 
-def chat_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float) -> list[dict]:
+def chat_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
+              pick: Callable[[str], bool]) -> list[dict]:
     import importlib.util
 
     from workers.chat.bench import run_chat_bench
@@ -165,7 +186,7 @@ def chat_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float) -> lis
     if tiny:
         model, random, tokens, concurrency, long = str(make_tiny_chat(tmp / "chat")), False, 32, (16, 64), 256
     else:
-        model, random, tokens, concurrency, long = str(MODEL_CONFIGS / "qwen2.5-7b-instruct"), True, 64, (16,), 512
+        model, random, tokens, concurrency, long = str(configs / "qwen2.5-7b-instruct"), True, 64, (16,), 512
     backends = ["transformers"]
     if device.startswith("cuda") and importlib.util.find_spec("vllm") is not None:
         backends.append("vllm")
@@ -203,7 +224,8 @@ def chat_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float) -> lis
     return rows
 
 
-def fleet_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float) -> list[dict]:
+def fleet_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
+               pick: Callable[[str], bool]) -> list[dict]:
     from workers.bench_fleet import run_fleet_bench
 
     redis_url = Settings().effective_redis_url
@@ -229,30 +251,41 @@ def fleet_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float) -> li
 BENCHES = {"sdxl": sdxl_rows, "wan": wan_rows, "chat": chat_rows, "fleet": fleet_rows}
 
 
-def run_all(device: str, tiny: bool, out: Path, only: tuple[str, ...] = tuple(BENCHES)) -> dict[str, Any]:
+def run_all(device: str, tiny: bool, out: Path, only: tuple[str, ...] = tuple(BENCHES),
+            configs: Path = MODEL_CONFIGS, variants: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`variants`: the SDXL and WAN variants to run (keys such as `worker`, `cache`, `compile`); none: all."""
     out.mkdir(parents=True, exist_ok=True)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda but no CUDA GPU is visible")
     name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "CPU"
     peak = peak_tflops(device)
     rows: list[dict] = []
+    table = ""
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         for bench in only:
             begun = time.monotonic()
             try:
-                made = BENCHES[bench](device, name, tiny, Path(tmp), peak)
+                for row in BENCHES[bench](device, name, tiny, Path(tmp), peak, configs,
+                                          lambda key: not variants or key in variants):
+                    table = _add(rows, row, peak, begun, out, name, tiny, started)
             except Exception as exc:  # noqa: BLE001 - one bench failing must not lose the others' figures
-                made = [{"bench": bench, "device": name, "error": f"{type(exc).__name__}: {exc}",
-                         "trace": traceback.format_exc(limit=3)}]
-            for row in made:
-                row["peak_tflops_measured"] = round(peak, 3)
-                row["bench_seconds"] = round(time.monotonic() - begun, 1)
-            rows += made
+                failed = {"bench": bench, "device": name, "error": f"{type(exc).__name__}: {exc}",
+                          "trace": traceback.format_exc(limit=3)}
+                table = _add(rows, failed, peak, begun, out, name, tiny, started)
+    return {"rows": rows, "table": table, "out": str(out)}
+
+
+def _add(rows: list[dict], row: dict, peak: float, begun: float, out: Path, name: str, tiny: bool,
+         started: float) -> str:
+    """Adds a row and rewrites the report: a run cut short (a lease's end, a later crash) keeps what it measured."""
+    row["peak_tflops_measured"] = round(peak, 3)
+    row["bench_seconds"] = round(time.monotonic() - begun, 1)
+    rows.append(row)
     (out / "report.json").write_text(json.dumps(rows, indent=2, default=str))
     table = markdown(rows, name, peak, tiny, time.monotonic() - started)
     (out / "report.md").write_text(table)
-    return {"rows": rows, "table": table, "out": str(out)}
+    return table
 
 
 def _round(value: float | None, digits: int = 2) -> float | None:
@@ -280,4 +313,6 @@ def markdown(rows: list[dict], device: str, peak: float, tiny: bool, seconds: fl
 
 def run_from_args(args) -> dict[str, Any]:
     only = tuple(b.strip() for b in args.only.split(",") if b.strip())
-    return run_all(args.device, args.tiny, Path(args.out), only)
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    return run_all(args.device, args.tiny, Path(args.out), only,
+                   Path(args.model_configs) if args.model_configs else MODEL_CONFIGS, variants)

@@ -30,6 +30,11 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
                        help="the tiny models (minutes on a CPU); default: full-size random weights")
     every.add_argument("--out", default="bench-report", help="folder for report.json and report.md")
     every.add_argument("--only", default="sdxl,wan,chat,fleet", help="which benchmarks (default all four)")
+    every.add_argument("--variants", default="",
+                       help="SDXL/WAN variants to run, e.g. worker,cache (keys: worker, vae-bf16, cache, cudnn, "
+                            "compile-regional, compile, batched-guidance, defaults; default all)")
+    every.add_argument("--model-configs", metavar="DIR",
+                       help="the full-size architectures (default ../shared/model-configs beside the checkout)")
 
     fleet = which.add_parser("fleet", help="the runtime against a one-job-at-a-time loop, on the sim engine",
                              description="Same jobs through the pipelined runtime and strictly serially, against a "

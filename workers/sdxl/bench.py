@@ -11,13 +11,14 @@ weights (same compute as the real model, nothing to download).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from shared.engine import NoStops
-from shared.gpu import synchronize
+from shared.gpu import random_init_device, synchronize
 from shared.inputs import Generation
 
 
@@ -34,10 +35,11 @@ def random_weights_pipeline(config_dir: str, _config=None, dtype: torch.dtype = 
     from workers.tiny_clip import build_clip_tokenizer
 
     root = Path(config_dir)
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet"))
-    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae"))
-    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder"))
-    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(root / "text_encoder_2"))
+    with torch.device(random_init_device()):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae"))
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder"))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(root / "text_encoder_2"))
     scheduler = EulerDiscreteScheduler.from_config(EulerDiscreteScheduler.load_config(root / "scheduler"))
     pipe = StableDiffusionXLPipeline(
         vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=build_clip_tokenizer(),
@@ -56,7 +58,7 @@ def _time_baseline(pipe, work, device: str) -> float:
              height=item.height, guidance_scale=item.guidance_scale,
              generator=torch.Generator("cpu").manual_seed(item.seeds[0]))
 
-    one(work[0])  # warm-up, not timed
+    one(replace(work[0], steps=2))  # warm-up at the same shape, not timed
     synchronize(device)
     started = time.perf_counter()
     for job in work:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Hashable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from shared.inputs import Generated, Generation, ImageOutput
 from workers.sdxl.prompts import PromptEmbeddings, PromptEncoder
 from workers.sdxl.schedulers import make_scheduler
 from workers.sdxl.speed import apply_switches, warmup_sizes
+from workers.sdxl.step_cache import DeepCache
 
 
 @dataclass
@@ -92,7 +94,10 @@ class SDXLEngine(Engine):
         # `dtype` argument, float32 when none is given: without it a bf16 pipeline silently ran in fp32.
         self.img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(pipe, dtype=dtype)
         self.img2img.set_progress_bar_config(disable=True)
-        apply_switches(pipe, self.config)  # compile, cuDNN autotuning, VAE precision (workers/sdxl/speed.py)
+        if self.config.cache != "none" and self.config.compile and not self.config.compile_regional:
+            raise ValueError("SDXL_CACHE=deep swaps UNet blocks per step, which a whole-UNet SDXL_COMPILE cannot "
+                             "follow: set SDXL_COMPILE_REGIONAL=true or SDXL_CACHE=none")
+        apply_switches(pipe, self.config, device)  # compile, cuDNN autotuning, VAE precision (workers/sdxl/speed.py)
         self.img2img.unet, self.img2img.vae = pipe.unet, pipe.vae  # compiling may have replaced them
         self.pipe = pipe
         self.encoder = PromptEncoder(pipe, device)
@@ -108,7 +113,9 @@ class SDXLEngine(Engine):
 
     def batch_key(self, item: Generation) -> Hashable | None:
         denoise = item.denoise_strength if item.pipeline == "img2img" else None
-        return (item.pipeline, item.width, item.height, item.steps, item.guidance_scale, item.scheduler, denoise)
+        cached = item.step_cache if self.config.cache != "none" else None  # cached and uncached never share a call
+        return (item.pipeline, item.width, item.height, item.steps, item.guidance_scale, item.scheduler, denoise,
+                cached)
 
     # -------------------------------------------------------------------------- the GPU
 
@@ -199,7 +206,8 @@ class SDXLEngine(Engine):
             kwargs.update(image=[im.reference for im in images], strength=denoise)
         else:
             kwargs.update(width=width, height=height)
-        with torch.inference_mode():
+        cached = self.config.cache == "deep" and all(im.item is not None and im.item.step_cache for im in images)
+        with torch.inference_mode(), DeepCache(pipe.unet, self.config.cache_interval) if cached else nullcontext():
             return pipe(**kwargs).images
 
 

@@ -15,29 +15,31 @@ from typing import Any
 import torch
 
 from shared.engine import NoStops
-from shared.gpu import resolve_dtype, synchronize
+from shared.gpu import random_init_device, resolve_dtype, synchronize
 from shared.inputs import Generation
 
 
-def random_weights_folder(config_dir: str, into: Path) -> Path:
-    """Save a random-weight pipeline built from `config_dir` (tiny tokenizer: 512 tokens fix the compute)."""
+def random_weights_folder(config_dir: str, into: Path, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Save a random-weight pipeline built from `config_dir` (tiny tokenizer: 512 tokens fix the compute),
+    in `dtype`: the full-size UMT5 alone is 23 GB in float32, twice what the worker loads."""
     import diffusers
     from transformers import UMT5Config, UMT5EncoderModel
 
     from workers.wan.tiny import build_t5_tokenizer
 
     root = Path(config_dir)
-    pipe = diffusers.WanPipeline(
-        tokenizer=build_t5_tokenizer(),
-        text_encoder=UMT5EncoderModel(UMT5Config.from_pretrained(root / "text_encoder")),
-        transformer=diffusers.WanTransformer3DModel.from_config(
-            diffusers.WanTransformer3DModel.load_config(root / "transformer")),
-        vae=diffusers.AutoencoderKLWan.from_config(diffusers.AutoencoderKLWan.load_config(root / "vae")),
-        scheduler=diffusers.UniPCMultistepScheduler.from_config(
-            {k: v for k, v in diffusers.UniPCMultistepScheduler.load_config(root / "scheduler").items()
-             if not k.startswith("_note")}),
-    )
-    pipe.save_pretrained(into)
+    with torch.device(random_init_device()):
+        pipe = diffusers.WanPipeline(
+            tokenizer=build_t5_tokenizer(),
+            text_encoder=UMT5EncoderModel(UMT5Config.from_pretrained(root / "text_encoder")),
+            transformer=diffusers.WanTransformer3DModel.from_config(
+                diffusers.WanTransformer3DModel.load_config(root / "transformer")),
+            vae=diffusers.AutoencoderKLWan.from_config(diffusers.AutoencoderKLWan.load_config(root / "vae")),
+            scheduler=diffusers.UniPCMultistepScheduler.from_config(
+                {k: v for k, v in diffusers.UniPCMultistepScheduler.load_config(root / "scheduler").items()
+                 if not k.startswith("_note")}),
+        )
+    pipe.to(dtype=dtype).save_pretrained(into)
     return into
 
 
@@ -50,12 +52,12 @@ def _time_baseline(folder, jobs, device, dtype, width, height, steps) -> dict[st
     pipe.set_progress_bar_config(disable=True)
     seconds = {}
     for name, item in jobs.items():
-        def call(item=item):
+        def call(item=item, steps=steps):
             pipe(prompt=item.prompt, negative_prompt=item.negative_prompt, width=width, height=height,
                  num_frames=item.frames, num_inference_steps=steps, guidance_scale=item.guidance_scale,
                  generator=torch.Generator("cpu").manual_seed(1))
 
-        call()  # warm-up
+        call(steps=2)  # warm-up at the same shape
         synchronize(device)
         started = time.perf_counter()
         call()

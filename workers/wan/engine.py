@@ -20,8 +20,11 @@ from shared.engine_settings import WANSettings
 from shared.errors import JobError
 from shared.gpu import resolve_dtype
 from shared.inputs import Generated, Generation, ImageOutput, VideoOutput
+from shared.logging import get_logger
 from workers.wan.solvers import make_solver
-from workers.wan.speed import BatchedGuidance, apply_switches
+from workers.wan.speed import BatchedGuidance, apply_switches, compiles, uncompile, warmup_shapes
+
+log = get_logger(component="wan")
 
 
 class WANEngine(Engine):
@@ -55,14 +58,30 @@ class WANEngine(Engine):
         if self.config.text_encoder_device == "cpu":
             pipe.text_encoder.to("cpu", dtype=torch.float32)  # saves ~11 GB of GPU memory on the real model
         pipe.set_progress_bar_config(disable=True)
-        apply_switches(pipe, self.config)
+        apply_switches(pipe, self.config, device)
         self._base_scheduler_config = dict(pipe.scheduler.config)
         self.pipe = pipe
         self._cache_enabled = False
-        if self.config.warmup:
-            warm = Generation(id="warm-up", media="image", prompt="warm up", negative_prompt="", width=32, height=32,
-                              steps=2, guidance_scale=5.0, scheduler="unipc", seeds=(0,), shift=3.0)
-            self._generate(warm, 0, None)
+        self.compiled = compiles(self.config, device)
+        if self.config.warmup or self.compiled:  # a compiled worker never leaves its compile to a job
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        try:
+            positions = getattr(self.pipe.transformer.config, "rope_max_seq_len", 1024)
+            for width, height, frames in warmup_shapes(self.compiled, positions):
+                warm = Generation(id="warm-up", media="video" if frames > 1 else "image", prompt="warm up",
+                                  negative_prompt="", width=width, height=height, steps=2, guidance_scale=5.0,
+                                  scheduler="unipc", seeds=(0,), frames=frames, shift=3.0)
+                self._generate(warm, 0, None)
+        except Exception as exc:
+            if not self.compiled:
+                raise
+            # Triton needs a C compiler and Python's headers; a host without them still serves, eagerly.
+            log.warning("wan_compile_failed", error=f"{type(exc).__name__}: {str(exc)[:300]}", fallback="eager")
+            uncompile(self.pipe.transformer)
+            self.compiled = False
+            self._warm_up()
 
     # -------------------------------------------------------------------------- the GPU
 
