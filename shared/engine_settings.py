@@ -46,8 +46,11 @@ class WANSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WAN_", extra="ignore", protected_namespaces=())
 
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(default="auto", description="transformer dtype")
-    text_encoder_device: Literal["gpu", "cpu"] = Field(
-        default="gpu", description="cpu keeps UMT5 (~11 GB in bf16) off the GPU, at some seconds per job")
+    text_encoder_device: Literal["gpu", "cpu", "auto"] = Field(
+        default="gpu", description="cpu keeps UMT5 (~11 GB in bf16) off the GPU, at some seconds per job; auto: on "
+                                   "the GPU if the card keeps WAN_TEXT_ENCODER_HEADROOM_GB free beside the model")
+    text_encoder_headroom_gb: float = Field(
+        default=8.0, ge=0, description="with auto: GPU memory left for generating (an assumption, not measured)")
     reference_policy: Literal["fail", "t2v"] = Field(
         default="fail", description="reference frames on a text-to-video-only model: fail, or generate without them")
     enhance_timeout_seconds: float = Field(default=30.0, gt=0, description="wait for the chat worker's rewrite")

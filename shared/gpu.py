@@ -49,3 +49,15 @@ def random_init_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def usable_memory_bytes() -> int:
+    """What this process may still allocate on the current CUDA card: the card's free memory,
+    within the GPU_MEMORY_GB budget when one is set (apply_memory_budget). Not run on a GPU yet."""
+    import torch
+
+    free, total = torch.cuda.mem_get_info()
+    get_fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)  # torch 2.6 and later
+    if get_fraction is not None:
+        free = min(free, int(get_fraction() * total) - torch.cuda.memory_reserved())
+    return max(free, 0)

@@ -86,6 +86,23 @@ def test_sdxl_vae_in_bfloat16_decodes_without_nans_within_the_bound(sdxl_model, 
     assert 0 < mean_difference(pixels, sdxl_reference) <= SDXL_VAE_BF16_BOUND  # it did decode in bf16, and stays close
 
 
+def test_sdxl_vae_in_bfloat16_also_encodes_image_to_image_references(sdxl_model):
+    """The bf16 VAE is the CUDA default: image-to-image encodes its reference through it too."""
+    from PIL import Image
+
+    reference = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    job = Generation(id="i", media="image", prompt="a red fox", negative_prompt="", width=64, height=64, steps=4,
+                     guidance_scale=5.0, scheduler="euler", seeds=(2,), pipeline="img2img", denoise_strength=0.5,
+                     reference=reference)
+    pictures = {}
+    for vae in ("model", "bf16"):
+        engine = SDXLEngine(sdxl_model, SDXLSettings(warmup=False, vae_dtype=vae))
+        engine.setup("cpu")
+        pictures[vae] = engine.run([job], NoStops())[0].items[0]._pixels
+    assert engine.img2img.vae.dtype == torch.bfloat16 and not np.isnan(pictures["bf16"]).any()
+    assert 0 < mean_difference(pictures["bf16"], pictures["model"]) <= SDXL_VAE_BF16_BOUND
+
+
 def test_a_compiled_sdxl_warms_up_at_every_size_the_presets_serve():
     sizes = warmup_sizes(SDXLSettings(compile=True, max_batch_images=6), "cuda")
     assert {(w, h) for w, h, _ in sizes} == set(SERVED_SIZES) and {b for _, _, b in sizes} == {1, 6}

@@ -20,6 +20,7 @@ from tests.helpers import running_worker
 from workers.chat.engine import ChatEngine
 from workers.wan.engine import WANEngine
 from workers.wan.plan import plan_wan, valid_frame_count, valid_side
+from workers.wan.speed import encoder_placement
 from workers.wan.tiny import make_tiny_wan
 
 PRESETS = load_presets(str(DEFAULT_PRESETS))
@@ -242,6 +243,15 @@ def test_text_encoder_on_cpu_gives_the_same_video(tiny_wan):
     a = on_device.run([prepare(on_device, job)], Ctx())[0].items[0].frames
     b = on_cpu.run([prepare(on_cpu, job)], Ctx())[0].items[0].frames
     assert np.allclose(a.astype(int), b.astype(int), atol=2)
+
+
+def test_text_encoder_auto_goes_on_the_gpu_only_with_the_headroom_left(tiny_wan):
+    gib = 2**30
+    # UMT5 11 GiB, transformer and VAE 4 GiB, 8 GiB to keep for generating
+    assert encoder_placement(free_bytes=24 * gib, encoder_bytes=11 * gib, model_bytes=4 * gib, headroom_gb=8) == "gpu"
+    assert encoder_placement(free_bytes=22 * gib, encoder_bytes=11 * gib, model_bytes=4 * gib, headroom_gb=8) == "cpu"
+    engine = engine_for(tiny_wan, text_encoder_device="auto")  # no CUDA card to budget: the device itself
+    assert engine.text_encoder_device == "gpu" and engine.pipe.text_encoder.dtype == engine.pipe.transformer.dtype
 
 
 def test_first_block_cache_runs_for_fast_presets_only(tiny_wan):

@@ -18,11 +18,19 @@ from PIL import Image
 from shared.engine import Engine, RunContext
 from shared.engine_settings import WANSettings
 from shared.errors import JobError
-from shared.gpu import resolve_dtype
+from shared.gpu import resolve_dtype, usable_memory_bytes
 from shared.inputs import Generated, Generation, ImageOutput, VideoOutput
 from shared.logging import get_logger
 from workers.wan.solvers import make_solver
-from workers.wan.speed import BatchedGuidance, apply_switches, compiles, uncompile, warmup_shapes
+from workers.wan.speed import (
+    BatchedGuidance,
+    apply_switches,
+    compiles,
+    encoder_placement,
+    module_bytes,
+    uncompile,
+    warmup_shapes,
+)
 
 log = get_logger(component="wan")
 
@@ -36,6 +44,7 @@ class WANEngine(Engine):
         self.config = config or WANSettings()
         self.pipe = None
         self.supports_reference_frames = False  # a VACE model, known after setup
+        self.text_encoder_device = "gpu"  # gpu (the engine's device) or cpu, decided at setup
         self.device = "cpu"
 
     # --------------------------------------------------------------------------- setup
@@ -54,8 +63,11 @@ class WANEngine(Engine):
                                                          local_files_only=True)
         pipe = diffusers.DiffusionPipeline.from_pretrained(self.model, vae=vae, dtype=dtype, local_files_only=True)
         self.supports_reference_frames = type(pipe).__name__ == "WanVACEPipeline"
-        pipe.to(device)
-        if self.config.text_encoder_device == "cpu":
+        self.text_encoder_device = self._place_text_encoder(pipe, device)
+        for name, part in pipe.components.items():
+            if isinstance(part, torch.nn.Module) and not (name == "text_encoder" and self.text_encoder_device == "cpu"):
+                part.to(device)
+        if self.text_encoder_device == "cpu":
             pipe.text_encoder.to("cpu", dtype=torch.float32)  # saves ~11 GB of GPU memory on the real model
         pipe.set_progress_bar_config(disable=True)
         apply_switches(pipe, self.config, device)
@@ -65,6 +77,20 @@ class WANEngine(Engine):
         self.compiled = compiles(self.config, device)
         if self.config.warmup or self.compiled:  # a compiled worker never leaves its compile to a job
             self._warm_up()
+
+    def _place_text_encoder(self, pipe, device: str) -> str:
+        """`gpu` (the engine's device) or `cpu`; `auto` decides on CUDA by the card's free memory."""
+        wanted = self.config.text_encoder_device
+        if wanted != "auto":
+            return wanted
+        if not device.startswith("cuda"):
+            return "gpu"
+        free = usable_memory_bytes()
+        model = sum(module_bytes(part) for name, part in pipe.components.items()
+                    if isinstance(part, torch.nn.Module) and name != "text_encoder")
+        place = encoder_placement(free, module_bytes(pipe.text_encoder), model, self.config.text_encoder_headroom_gb)
+        log.info("wan_text_encoder_placed", device=place, free_gib=round(free / 2**30, 1))
+        return place
 
     def _warm_up(self) -> None:
         try:
@@ -137,9 +163,9 @@ class WANEngine(Engine):
         kwargs = dict(height=item.height, width=item.width, num_frames=item.frames,
                       num_inference_steps=item.steps, guidance_scale=item.guidance_scale, output_type="np",
                       generator=torch.Generator("cpu").manual_seed(seed))
-        if self.config.text_encoder_device == "cpu" or batched:
+        if self.text_encoder_device == "cpu" or batched:
             # 512 tokens, as the pipeline's own call uses (encode_prompt alone defaults to 226).
-            where = "cpu" if self.config.text_encoder_device == "cpu" else self.device
+            where = "cpu" if self.text_encoder_device == "cpu" else self.device
             embeds, negative_embeds = pipe.encode_prompt(
                 item.prompt, item.negative_prompt, do_classifier_free_guidance=item.guidance_scale > 1,
                 max_sequence_length=512, device=torch.device(where))

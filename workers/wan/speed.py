@@ -62,6 +62,17 @@ def warmup_shapes(compiled: bool, max_positions: int) -> list[tuple[int, int, in
     return [shape if fits(*shape) else small for shape, small in zip(PRESET_SHAPES, SMALL_SHAPES, strict=True)]
 
 
+def module_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def encoder_placement(free_bytes: int, encoder_bytes: int, model_bytes: int, headroom_gb: float) -> str:
+    """`WAN_TEXT_ENCODER_DEVICE=auto` on CUDA: `gpu` when the card, with the model and UMT5 on it,
+    keeps `headroom_gb` free for a generation's activations and decoding; else `cpu` (seconds per
+    job of encoding on the CPU instead of an out-of-memory)."""
+    return "gpu" if free_bytes - model_bytes - encoder_bytes >= headroom_gb * 2**30 else "cpu"
+
+
 def uses_cache(config: WANSettings, quality: str, job_type: str | None) -> bool:
     """Whether a job's preset takes the step cache (WAN_CACHE_PRESETS: qualities or job types)."""
     wanted = {p.strip() for p in config.cache_presets.split(",") if p.strip()}
