@@ -74,6 +74,8 @@ def test_sdxl_exact_switches_give_the_same_images(sdxl_model, sdxl_reference, sw
             assert engine.img2img.unet is engine.pipe.unet  # image-to-image shares the compiled UNet
         if switches.get("cudnn_benchmark"):
             assert torch.backends.cudnn.benchmark is True
+            SDXLEngine(sdxl_model, SDXLSettings(warmup=False)).setup("cpu")
+            assert torch.backends.cudnn.benchmark is False  # not left on for the next engine (a bench's next variant)
     finally:
         torch.backends.cudnn.benchmark = benchmark_before
     np.testing.assert_allclose(pixels, sdxl_reference, atol=1e-4)

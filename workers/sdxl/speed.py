@@ -32,8 +32,7 @@ def vae_dtype(config: SDXLSettings, device: str) -> str:
 
 def apply_switches(pipe, config: SDXLSettings, device: str) -> None:
     """At setup, after the pipeline is on its device."""
-    if config.cudnn_benchmark:
-        torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = config.cudnn_benchmark  # process-wide: set either way, never left over
     vae = vae_dtype(config, device)
     if vae != "model":
         dtype = VAE_DTYPES[vae]
