@@ -33,6 +33,8 @@ class SDXLSettings(BaseSettings):
     vae_dtype: Literal["auto", "model", "fp32", "bf16", "fp16"] = Field(
         default="auto", description="VAE decode precision; auto: bf16 on CUDA, else the model's (model: diffusers' "
                                     "own, which upcasts fp16 and bf16 to fp32)")
+    fp8: Literal["off", "weights", "dynamic"] = Field(
+        default="off", description="FP8 UNet through torchao: dynamic (FP8 cards) or weights only (workers/fp8.py)")
     cache: Literal["none", "deep"] = Field(
         default="none", description="deep: DeepCache-style step cache for fast-preset jobs (approximate)")
     cache_interval: int = Field(default=3, ge=2, le=10, description="with SDXL_CACHE: the full UNet every N steps")
@@ -65,6 +67,8 @@ class WANSettings(BaseSettings):
     batched_guidance: bool = Field(default=False,
                                    description="conditional and unconditional passes in one batch (T2V models)")
     vae_dtype: Literal["fp32", "bf16"] = Field(default="fp32", description="VAE decode precision")
+    fp8: Literal["off", "weights", "dynamic"] = Field(
+        default="off", description="FP8 transformer through torchao: dynamic (FP8 cards) or weights only")
     warmup: bool = Field(default=True)
 
 

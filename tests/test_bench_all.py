@@ -54,3 +54,16 @@ def test_the_step_clock_marks_each_step_once_however_many_inputs_report_it():
         for item in ("a", "b", "c", "d"):  # a batch of four reports every step four times
             clock.progress(item, step, 3)
     assert len(clock.marks) == 3 and clock.ms_per_step() >= 0
+
+
+def test_a_variant_that_fails_leaves_its_error_and_the_next_variant_still_runs():
+    import workers.bench_all as bench_all
+
+    def fp8():
+        yield {"bench": "sdxl", "variant": "fp8", "seconds": 1.0}
+        raise RuntimeError("FP8 mode dynamic needs an FP8 GPU")
+
+    rows = [*bench_all._guarded("sdxl", "cpu", "CPU", "fp8", fp8()),
+            *bench_all._guarded("sdxl", "cpu", "CPU", "worker", iter([{"bench": "sdxl", "variant": "worker"}]))]
+    assert [row.get("error", "").split(":")[0] for row in rows] == ["", "RuntimeError", ""]
+    assert rows[1]["variant"] == "fp8" and "FP8 GPU" in bench_all.markdown(rows[1:2], "CPU", 1.0, True, 1.0)

@@ -5,6 +5,8 @@ output within float tolerance; approximating ones stay within the bound the READ
 without generating kernels, so the suite stays fast; the kernels themselves need a GPU to matter.)
 """
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ import torch
 from shared.engine import NoStops
 from shared.engine_settings import SDXLSettings, WANSettings
 from shared.inputs import Generation
+from workers.fp8 import quantize_fp8
 from workers.sdxl.engine import SDXLEngine
 from workers.sdxl.speed import SERVED_SIZES, vae_dtype, warmup_sizes
 from workers.sdxl.tiny import make_tiny_sdxl
@@ -24,6 +27,8 @@ from workers.wan.tiny import make_tiny_wan
 SDXL_VAE_BF16_BOUND = 0.005  # measured 0.0014
 WAN_VAE_BF16_BOUND = 0.03  # measured 0.006 to 0.016 (a deeper, causal 3D VAE)
 FIRST_BLOCK_CACHE_BOUND = 0.001  # measured 0.00004 at threshold 0.2
+SDXL_FP8_WEIGHTS_BOUND = 0.003  # measured 0.0009
+WAN_FP8_WEIGHTS_BOUND = 0.04  # measured 0.015
 SDXL_DEEP_CACHE_BOUND = 0.005  # measured 0.0020 to 0.0022 at interval 3 over 6 steps
 
 
@@ -244,3 +249,36 @@ def test_sdxl_runs_in_the_dtype_it_was_given(sdxl_model):
     engine.setup("cpu")
     for module in (engine.pipe.unet, engine.pipe.vae, engine.pipe.text_encoder, engine.img2img.unet):
         assert module.dtype == torch.bfloat16
+
+
+def fp8_layers(module: torch.nn.Module) -> int:
+    return sum(type(m.weight).__name__ == "Float8Tensor" for m in module.modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_sdxl_fp8_weights_stay_within_the_bound(sdxl_model, sdxl_reference):
+    pixels = sdxl_pixels(sdxl_model, fp8="weights")
+    assert fp8_layers(sdxl_pixels.engine.pipe.unet) > 100  # the UNet's linear layers hold float8 weights
+    assert 0 < mean_difference(pixels, sdxl_reference) <= SDXL_FP8_WEIGHTS_BOUND
+
+
+def test_wan_fp8_weights_stay_within_the_bound_compiled_too(wan_model, wan_reference):
+    engine, frames = wan_run(wan_model, fp8="weights")
+    assert fp8_layers(engine.pipe.transformer) > 20
+    assert 0 < mean_difference(frames, wan_reference) <= WAN_FP8_WEIGHTS_BOUND
+    compiled, compiled_frames = wan_run(wan_model, fp8="weights", compile=True, compile_backend="eager")
+    assert compiled.compiled and fp8_layers(compiled.pipe.transformer) > 20
+    np.testing.assert_allclose(compiled_frames, frames, atol=1e-4)
+
+
+def test_fp8_dynamic_refuses_a_device_without_fp8_tensor_cores(sdxl_model):
+    engine = SDXLEngine(sdxl_model, SDXLSettings(warmup=False, fp8="dynamic"))
+    with pytest.raises(RuntimeError, match="needs an FP8 GPU"):
+        engine.setup("cpu")
+
+
+def test_fp8_without_torchao_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchao", None)
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)
+    with pytest.raises(RuntimeError, match=r"ourvidz-workers\[fp8\]"):
+        quantize_fp8(torch.nn.Linear(16, 16), "weights", "cpu")
+    assert quantize_fp8(torch.nn.Linear(16, 16), "off", "cpu") == 0  # off never needs it

@@ -71,6 +71,18 @@ def _measured(engine, module, batches: list[list[Generation]], device: str) -> t
     return seconds, clock.ms_per_step(), calls.flops() * calls.calls / max(len(clock.marks), 1)
 
 
+def _guarded(bench: str, device: str, name: str, label: str, rows: Iterator[dict]) -> Iterator[dict]:
+    """One variant's rows; a variant that fails (a switch this card or install cannot run) leaves a
+    row with its error, and the next variants still run."""
+    try:
+        yield from rows
+    except Exception as exc:  # noqa: BLE001 - reported in the row
+        yield {"bench": bench, "device": name, "variant": label, "error": f"{type(exc).__name__}: {exc}",
+               "trace": traceback.format_exc(limit=3)}
+    finally:
+        _free(device)
+
+
 def _short(items: list[Generation]) -> list[Generation]:
     """The same shapes in 2 steps: a warm-up loads kernels (and compiles) without paying for a whole job."""
     return [replace(item, steps=2) for item in items]
@@ -95,7 +107,7 @@ def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
     baseline = _time_baseline(factory(model, None, dtype).to(device), work, device)
     _free(device)
     # "worker": every speed switch off; then each switch alone; then the shipped defaults together.
-    off = {"vae_dtype": "model", "compile": False, "cudnn_benchmark": False}
+    off = {"vae_dtype": "model", "compile": False, "cudnn_benchmark": False, "cache": "none", "fp8": "off"}
     variants = {"worker": ("worker", off), "vae-bf16": ("worker + VAE in bf16", {**off, "vae_dtype": "bf16"}),
                 "cache": ("worker + DeepCache, full UNet every 3 steps", {**off, "cache": "deep", "cache_interval": 3})}
     if device.startswith("cuda"):  # compiling on a CPU takes minutes and says nothing about a GPU
@@ -103,8 +115,10 @@ def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
         variants["compile-regional"] = ("worker + compiled UNet blocks and VAE decoder",
                                         {**off, "compile": True, "compile_regional": True, "compile_vae": True})
         variants["compile"] = ("worker + compiled UNet and VAE decoder", {**off, "compile": True, "compile_vae": True})
+        variants["fp8"] = ("worker + FP8 UNet (dynamic, torchao)", {**off, "fp8": "dynamic"})
         variants["defaults"] = ("worker, shipped defaults", {})
-    for label, switches in (variants[key] for key in variants if pick(key)):
+
+    def measure(label: str, switches: dict) -> Iterator[dict]:
         jobs_here = [replace(job, step_cache=True) for job in work] if switches.get("cache") else work
         begun = time.perf_counter()
         engine = SDXLEngine(model, SDXLSettings(max_batch_images=batch, warmup=True, **switches),
@@ -122,8 +136,9 @@ def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
                        (label, seconds), "seconds_per_image", "lower", ms_per_step=_round(ms),
                        mfu=_round(utilisation(flops, ms, peak), 4), images_per_second=round(1 / seconds, 3),
                        ready_s=round(ready, 1), peak_gib=_peak_gib(device))
-        del engine
-        _free(device)
+
+    for label, switches in (variants[key] for key in variants if pick(key)):
+        yield from _guarded("sdxl", device, name, label, measure(label, switches))
 
 
 def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
@@ -149,15 +164,17 @@ def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs
     baseline = _time_baseline(folder, {"video": job("video"), "image": job("image")}, device, dtype, width, height,
                               steps)
     _free(device)
-    off = {"compile": False, "batched_guidance": False, "vae_dtype": "fp32", "cache": "none"}
+    off = {"compile": False, "batched_guidance": False, "vae_dtype": "fp32", "cache": "none", "fp8": "off"}
     variants = {"worker": ("worker", off, False),
                 "cache": ("worker + first-block cache", {**off, "cache": "first_block"}, True),
                 "batched-guidance": ("worker + batched guidance", {**off, "batched_guidance": True}, False),
                 "vae-bf16": ("worker + VAE in bf16", {**off, "vae_dtype": "bf16"}, False)}
     if device.startswith("cuda"):
         variants["compile"] = ("worker + compiled blocks", {**off, "compile": True}, False)
+        variants["fp8"] = ("worker + FP8 transformer (dynamic, torchao)", {**off, "fp8": "dynamic"}, False)
         variants["defaults"] = ("worker, shipped defaults", {}, False)
-    for key, (label, switches, cached) in ((k, v) for k, v in variants.items() if pick(k)):
+
+    def measure(key: str, label: str, switches: dict, cached: bool) -> Iterator[dict]:
         begun = time.perf_counter()
         engine = WANEngine(folder, WANSettings(warmup=False, **switches))
         engine.setup(device)
@@ -172,8 +189,9 @@ def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs
             yield _row("wan", name, settings, ("diffusers default", baseline[media]), (label, seconds),
                        "seconds_per_job", "lower", ms_per_step=_round(ms),
                        mfu=_round(utilisation(flops, ms, peak), 4), ready_s=round(ready, 1), peak_gib=_peak_gib(device))
-        del engine
-        _free(device)
+
+    for key, (label, switches, cached) in ((k, v) for k, v in variants.items() if pick(k)):
+        yield from _guarded("wan", device, name, label, measure(key, label, switches, cached))
 
 
 def chat_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
@@ -299,7 +317,7 @@ def markdown(rows: list[dict], device: str, peak: float, tiny: bool, seconds: fl
              "| bench | settings | baseline | ours | ratio | ms/step | MFU |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['bench']} | | | error: {r['error'][:120]} | | | |")
+            lines.append(f"| {r['bench']} | {r.get('variant', '')} | | error: {r['error'][:160]} | | | |")
             continue
         metric = r["metric"]
         settings = ", ".join(f"{k} {v}" for k, v in r["settings"].items() if k != "switches" and v not in (None, {}))

@@ -10,6 +10,7 @@
   upcast, H200, 1024², 30 steps): decode in bfloat16. SDXL's VAE overflows in float16 (NaNs:
   diffusers upcasts it to float32 then); bfloat16 has float32's range, so it decodes without NaNs
   and without the upcast. Approximate (see README's bound). `model`: diffusers' own behaviour.
+- `SDXL_FP8=dynamic|weights`: FP8 layers through torchao (workers/fp8.py). Approximate; off.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from shared.engine_settings import SDXLSettings
+from workers.fp8 import quantize_fp8
 
 # Sizes the presets and the 2026-04 backend's `resolution` ask for (configs/presets.toml).
 SERVED_SIZES = ((1024, 1024), (1024, 576), (576, 1024))
@@ -43,6 +45,7 @@ def apply_switches(pipe, config: SDXLSettings, device: str) -> None:
         for part in (pipe.vae.encoder, pipe.vae.decoder, pipe.vae.quant_conv, pipe.vae.post_quant_conv):
             if part is not None:
                 part.register_forward_pre_hook(_in_dtype(dtype))
+    quantize_fp8(pipe.unet, config.fp8, device)  # before compiling, which then traces the FP8 layers
     if config.compile:
         options = dict(mode=config.compile_mode, backend=config.compile_backend, fullgraph=False, dynamic=True)
         if config.compile_regional:

@@ -12,6 +12,7 @@
 - `WAN_VAE_DTYPE=bf16`: decode in bfloat16 instead of float32. Approximate (see README's bound).
 - `WAN_CACHE=first_block` for the presets in `WAN_CACHE_PRESETS`: diffusers' first-block cache.
   Approximate.
+- `WAN_FP8=dynamic|weights`: FP8 layers through torchao (workers/fp8.py). Approximate; off.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from shared.engine_settings import WANSettings
+from workers.fp8 import quantize_fp8
 
 
 def compiles(config: WANSettings, device: str) -> bool:
@@ -30,6 +32,7 @@ def apply_switches(pipe, config: WANSettings, device: str) -> None:
     """At setup: the switches that change the loaded modules."""
     if config.vae_dtype == "bf16":
         pipe.vae.to(torch.bfloat16)
+    quantize_fp8(pipe.transformer, config.fp8, device)  # before compiling, which then traces the FP8 layers
     if compiles(config, device):
         pipe.transformer.compile_repeated_blocks(mode=config.compile_mode, backend=config.compile_backend,
                                                  fullgraph=False, dynamic=True)
