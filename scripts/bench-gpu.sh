@@ -5,6 +5,7 @@
 #   OUT=DIR [MODEL_CONFIGS=DIR] [WHEELS=DIR] [SDXL_DEADLINE=215] [WAN_DEADLINE=575] bash scripts/bench-gpu.sh
 # WHEELS: a folder of wheels to install first (a machine with torch but without this project's
 # dependencies and no network). SDXL_VARIANTS / WAN_VARIANTS pick variants (see bench all --help).
+# DEVICE=cpu BENCH_ARGS=--tiny runs the same steps on the tiny models (tests/test_bench_all.py).
 set -u
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -15,17 +16,25 @@ if [ -n "${WHEELS:-}" ]; then
   export PYTHONPATH=/tmp/site:$PWD
 fi
 export PYTHONUNBUFFERED=1 LOG_LEVEL=${LOG_LEVEL:-WARNING} TOKENIZERS_PARALLELISM=false
-nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$OUT/machine.txt"
-python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'cudnn', torch.backends.cudnn.version())" | tee -a "$OUT/machine.txt"
+DEVICE=${DEVICE:-cuda}
+PYTHON=${PYTHON:-python3}
+: > "$OUT/machine.txt"
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$OUT/machine.txt"
+fi
+"$PYTHON" -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'cudnn', torch.backends.cudnn.version())" | tee -a "$OUT/machine.txt"
 run() {  # NAME DEADLINE_S ARGS...
   local name=$1 left=$(( $2 - ($(date +%s) - start) )); shift 2
   echo "== $name: $left s left"
   [ "$left" -gt 30 ] || return 0
-  timeout -s INT "$left" python3 -m workers.cli bench all --device cuda --out "$OUT/$name" \
-    ${MODEL_CONFIGS:+--model-configs "$MODEL_CONFIGS"} "$@" > "$OUT/$name.log" 2>&1
+  # shellcheck disable=SC2086  # BENCH_ARGS: words, split on purpose
+  timeout -s INT "$left" "$PYTHON" -m workers.cli bench all --device "$DEVICE" --out "$OUT/$name" \
+    ${MODEL_CONFIGS:+--model-configs "$MODEL_CONFIGS"} ${BENCH_ARGS:-} "$@" > "$OUT/$name.log" 2>&1
   echo "rc=$? after $(( $(date +%s) - start )) s"
   grep '^|' "$OUT/$name/report.md" 2>/dev/null
 }
-run sdxl "${SDXL_DEADLINE:-215}" --only sdxl --variants "${SDXL_VARIANTS:-worker,vae-bf16,cudnn,compile-regional}"
-run wan "${WAN_DEADLINE:-575}" --only wan --variants "${WAN_VARIANTS:-worker,cache,vae-bf16,batched-guidance,compile}"
+# The defaults are what a next lease should measure first (the 2026-11-26 run used
+# SDXL_VARIANTS=worker,vae-bf16,cudnn,compile-regional and WAN_VARIANTS=worker,cache,vae-bf16,batched-guidance,compile).
+run sdxl "${SDXL_DEADLINE:-300}" --only sdxl --variants "${SDXL_VARIANTS:-defaults,worker,cache,fp8,compile-regional}"
+run wan "${WAN_DEADLINE:-575}" --only wan --variants "${WAN_VARIANTS:-defaults,worker,fp8,cache}"
 echo "total $(( $(date +%s) - start )) s"

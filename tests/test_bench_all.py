@@ -1,6 +1,9 @@
 """`ourvidz-worker bench all --device cpu --tiny`: every benchmark, one well-formed report."""
 
 import json
+import os
+import subprocess
+import sys
 
 from tests.conftest import TEST_REDIS_URL
 from workers.cli import main
@@ -67,3 +70,19 @@ def test_a_variant_that_fails_leaves_its_error_and_the_next_variant_still_runs()
             *bench_all._guarded("sdxl", "cpu", "CPU", "worker", iter([{"bench": "sdxl", "variant": "worker"}]))]
     assert [row.get("error", "").split(":")[0] for row in rows] == ["", "RuntimeError", ""]
     assert rows[1]["variant"] == "fp8" and "FP8 GPU" in bench_all.markdown(rows[1:2], "CPU", 1.0, True, 1.0)
+
+
+def test_the_lease_script_runs_sdxl_then_wan_and_keeps_both_reports(tmp_path):
+    """scripts/bench-gpu.sh (what made bench-reports/), on the tiny models and the CPU."""
+    from shared.settings import REPO_ROOT
+
+    env = {**os.environ, "OUT": str(tmp_path), "DEVICE": "cpu", "BENCH_ARGS": "--tiny", "PYTHON": sys.executable,
+           "SDXL_VARIANTS": "worker", "WAN_VARIANTS": "worker", "SDXL_DEADLINE": "150", "WAN_DEADLINE": "300"}
+    done = subprocess.run(["bash", "scripts/bench-gpu.sh"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=320)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for bench in ("sdxl", "wan"):
+        rows = json.loads((tmp_path / bench / "report.json").read_text())
+        assert rows and all(row["bench"] == bench and "error" not in row for row in rows)
+        assert {row["ours"]["name"] for row in rows} == {"worker"}
+    assert "torch" in (tmp_path / "machine.txt").read_text() and "| wan |" in done.stdout
