@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from shared.chat_client import request_enhancement
@@ -234,6 +235,17 @@ def test_out_of_memory_retries_with_vae_tiling_then_fails_clearly(tiny_wan):
     engine.fail_always = True
     failed = engine.run([prepare(engine, wan_job())], Ctx())[0]
     assert isinstance(failed, JobError) and failed.error_type == "out_of_memory"
+
+
+def test_a_warm_up_that_does_not_fit_the_card_leaves_the_worker_serving(tiny_wan, monkeypatch, capfd):
+    def out_of_memory(self, item, seed, ctx):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(WANEngine, "_generate", out_of_memory)
+    engine = WANEngine(str(tiny_wan), WANSettings(warmup=True))
+    engine.setup("cpu")  # no exception: jobs that size will fail on their own, smaller ones still run
+    assert "wan_warmup_out_of_memory" in capfd.readouterr().err
+    assert engine.pipe is not None and engine.pipe.vae.use_tiling  # the retry tiled the decoder
 
 
 def test_text_encoder_on_cpu_gives_the_same_video(tiny_wan):

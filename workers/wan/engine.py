@@ -99,7 +99,9 @@ class WANEngine(Engine):
                 warm = Generation(id="warm-up", media="video" if frames > 1 else "image", prompt="warm up",
                                   negative_prompt="", width=width, height=height, steps=2, guidance_scale=5.0,
                                   scheduler="unipc", seeds=(0,), frames=frames, shift=3.0)
-                self._generate(warm, 0, None)
+                self._generate_with_retry(warm, 0, None)  # out of memory: VAE tiling, then a JobError
+        except JobError as exc:  # the clip does not fit this card even tiled: jobs that size will say so themselves
+            log.warning("wan_warmup_out_of_memory", error=exc.message)
         except Exception as exc:
             if not self.compiled:
                 raise
