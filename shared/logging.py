@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterable
 
 import structlog
@@ -61,11 +62,23 @@ def _format_exc_redacted(logger, name, event_dict):
     return event_dict
 
 
+_WRITE = threading.Lock()
+
+
+def _write_line(line: str) -> None:
+    """One record, one write, one flush, under a lock: `print` writes the text and its newline
+    separately, so two threads (a claimer and a delivery thread, say) could put two records on
+    one line. Written whole, a line under 4 KiB also reaches a shared pipe (supervisord) unsplit."""
+    with _WRITE:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
 class _StderrLogger:
     """Writes each line to whatever sys.stderr is at that moment (it may be swapped after setup)."""
 
     def msg(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        _write_line(message)
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
@@ -75,7 +88,7 @@ class _StderrHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            print(self.format(record), file=sys.stderr, flush=True)
+            _write_line(self.format(record))
         except Exception:  # noqa: BLE001 - logging must never take the worker down
             self.handleError(record)
 

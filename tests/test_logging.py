@@ -64,3 +64,33 @@ def test_console_format_for_people_at_a_terminal(capsys):
     line = capsys.readouterr().err.strip()
     assert "worker_ready" in line and "engine=sim" in line and not line.startswith("{")
     configure_logging("WARNING")
+
+
+THREADED = """
+import sys, threading
+from shared import logging as ourlog
+if len(sys.argv) > 1:  # the old writer, for comparison: print's text and newline as two writes
+    ourlog._write_line = lambda line: print(line, file=sys.stderr, flush=True)
+ourlog.configure_logging("INFO")
+log = ourlog.get_logger(component="threads")
+
+def burst(n):
+    for i in range(300):
+        log.info("burst", thread=n, i=i, padding="x" * 200)
+
+threads = [threading.Thread(target=burst, args=(n,)) for n in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+
+
+def test_records_from_many_threads_stay_one_json_object_per_line():
+    """A worker logs from its claimer, delivery and keeper threads at once into one pipe."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", THREADED], capture_output=True, text=True, timeout=60, check=True)
+    records = [json.loads(line) for line in done.stderr.splitlines()]
+    assert len(records) == 8 * 300 and {r["thread"] for r in records} == set(range(8))
