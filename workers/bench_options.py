@@ -32,7 +32,7 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     every.add_argument("--only", default="sdxl,wan,chat,fleet", help="which benchmarks (default all four)")
     every.add_argument("--variants", default="",
                        help="SDXL/WAN variants to run, e.g. worker,cache (keys: worker, vae-bf16, cache, cudnn, "
-                            "compile-regional, compile, batched-guidance, defaults; default all)")
+                            "compile-regional, compile, fp8, batched-guidance, defaults; default all)")
     every.add_argument("--model-configs", metavar="DIR",
                        help="the full-size architectures (default ../shared/model-configs beside the checkout)")
 

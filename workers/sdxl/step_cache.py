@@ -25,8 +25,8 @@ class DeepCache:
             raise ValueError("a step cache needs a UNet with at least two down and two up blocks")
         self.unet, self.interval = unet, max(1, interval)
         self.calls = 0
-        self.full_calls = 0  # UNet calls that ran the deep blocks (tests)
         self.kept: torch.Tensor | None = None
+        self.cached = False  # whether the stand-ins are installed now
 
     def __enter__(self) -> DeepCache:
         unet = self.unet
@@ -44,10 +44,9 @@ class DeepCache:
     def _before_call(self, _module, _args) -> None:
         full = self.kept is None or self.calls % self.interval == 0
         self.calls += 1
-        if full:
-            self.full_calls += 1
+        if full and self.cached:  # switch only when the mode changes, not on every step
             self._run_deep_blocks()
-        else:
+        elif not full and not self.cached:
             self._answer_from_cache()
 
     def _keep(self, _module, _args, output) -> None:
@@ -56,6 +55,7 @@ class DeepCache:
     def _run_deep_blocks(self) -> None:
         for block in self.deep:
             block.__dict__.pop("forward", None)  # back to the class's own forward
+        self.cached = False
 
     def _answer_from_cache(self) -> None:
         """Stand-ins that only keep the UNet's bookkeeping right: each down block still hands back
@@ -69,6 +69,7 @@ class DeepCache:
         for block in unet.up_blocks[:-2]:
             block.forward = _passing(None)
         unet.up_blocks[-2].forward = lambda *args, **kwargs: self.kept
+        self.cached = True
 
 
 def _passing(skips: int | None):

@@ -3,8 +3,8 @@
 - `WAN_COMPILE` (`auto`, the default: on CUDA; an H200 made a 480x832x81 clip in 29.8 s instead of
   34.7): torch.compile the transformer's repeated blocks (diffusers' regional compilation: the 30
   identical blocks compile once, so start-up stays short), shape-dynamic, warmed up before ready
-  with an image and a clip at the presets' size. A compile that fails there (no C compiler for Triton, say) is undone
-  and the worker runs eagerly. Exact math.
+  with an image and a clip at the presets' size. A compile that fails there (no C compiler for
+  Triton, say) is undone and the worker runs eagerly. Exact math.
 - `WAN_BATCHED_GUIDANCE`: classifier-free guidance needs the transformer twice per step, once with
   the prompt and once with the negative prompt; diffusers' WanPipeline makes two calls. This runs
   both as one batch of two (more arithmetic per kernel launch, half the weight reads), at the cost
