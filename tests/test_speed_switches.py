@@ -112,8 +112,10 @@ def test_sdxl_vae_in_bfloat16_also_encodes_image_to_image_references(sdxl_model)
 
 def test_a_compiled_sdxl_warms_up_at_every_size_the_presets_serve():
     sizes = warmup_sizes(SDXLSettings(compile=True, max_batch_images=6), "cuda")
-    assert {(w, h) for w, h, _ in sizes} == set(SERVED_SIZES) and {b for _, _, b in sizes} == {1, 6}
-    assert warmup_sizes(SDXLSettings(), "cpu") == [(64, 64, 1)]
+    assert {(w, h) for w, h, _, _ in sizes} == set(SERVED_SIZES) and {b for _, _, b, _ in sizes} == {1, 2, 6}
+    assert sizes[0] == (1024, 576, 6, 5.0)  # not square first (tests/test_compile_warmup.py says why)
+    assert len(sizes) == len(set(sizes))
+    assert warmup_sizes(SDXLSettings(), "cpu") == [(64, 64, 1, 5.0)]
 
 
 def test_sdxl_deep_cache_runs_the_deep_blocks_every_nth_step_on_fast_jobs_within_the_bound(sdxl_model):
@@ -216,9 +218,9 @@ def test_speed_defaults_are_what_the_gpu_measured_faster_and_stay_off_on_a_cpu(m
     off = SDXLSettings()
     assert not off.compile and not off.cudnn_benchmark  # not measured faster: off
     assert not WANSettings().batched_guidance and WANSettings().vae_dtype == "fp32" and WANSettings().cache == "none"
-    assert warmup_shapes(True, 1024) == [(480, 832, 1), (480, 832, 81)]  # the real model: the presets' size
-    assert warmup_shapes(True, 32) == [(64, 64, 1), (64, 64, 5)]  # the tiny model's position table is short
-    assert warmup_shapes(False, 1024) == [(32, 32, 1)]
+    assert warmup_shapes(True, 1024) == [(480, 832, 1, 5.0), (480, 832, 81, 5.0)]  # the real model: the presets' size
+    assert warmup_shapes(True, 32) == [(64, 64, 1, 5.0), (64, 64, 5, 5.0)]  # the tiny model's position table is short
+    assert warmup_shapes(False, 1024) == [(32, 32, 1, 5.0)]
 
 
 def test_wan_vae_in_bfloat16_stays_within_the_bound(wan_model, wan_reference):

@@ -25,6 +25,7 @@ from shared.engine_settings import SDXLSettings
 from shared.errors import JobError
 from shared.gpu import resolve_dtype
 from shared.inputs import Generated, Generation, ImageOutput
+from workers.compile_watch import compiles_logged
 from workers.sdxl.prompts import PromptEmbeddings, PromptEncoder
 from workers.sdxl.schedulers import make_scheduler
 from workers.sdxl.speed import apply_switches, warmup_sizes
@@ -108,8 +109,8 @@ class SDXLEngine(Engine):
     def _warm_up(self) -> None:
         embeddings = self.encoder.encode("warm up", "", use_compel=False)
         image = _Image(item=None, index=0, seed=0, embeddings=embeddings, reference=None)  # type: ignore[arg-type]
-        for width, height, batch in warmup_sizes(self.config, self.device):
-            self._call_pipeline([image] * batch, "txt2img", width, height, 2, 5.0, "euler", None)
+        for width, height, batch, guidance in warmup_sizes(self.config, self.device):
+            self._call_pipeline([image] * batch, "txt2img", width, height, 2, guidance, "euler", None)
 
     def batch_key(self, item: Generation) -> Hashable | None:
         denoise = item.denoise_strength if item.pipeline == "img2img" else None
@@ -159,10 +160,12 @@ class SDXLEngine(Engine):
         """Yield (image, picture); on CUDA out-of-memory, free and retry in halves."""
         item = images[0].item
         try:
-            pictures = self._call_pipeline(
-                images, item.pipeline, item.width, item.height, item.steps, item.guidance_scale,
-                item.scheduler, item.denoise_strength, ctx, cancelled,
-            )
+            with compiles_logged(self.config.compile, "sdxl", width=item.width, height=item.height,
+                                 images=len(images), guidance=item.guidance_scale):
+                pictures = self._call_pipeline(
+                    images, item.pipeline, item.width, item.height, item.steps, item.guidance_scale,
+                    item.scheduler, item.denoise_strength, ctx, cancelled,
+                )
             yield from zip(images, pictures, strict=True)
         except torch.OutOfMemoryError:
             gc.collect()

@@ -63,12 +63,23 @@ def _in_dtype(dtype: torch.dtype):
     return cast
 
 
-def warmup_sizes(config: SDXLSettings, device: str) -> list[tuple[int, int, int]]:
-    """(width, height, batch) to run before the worker says ready. Compiled: every served size at
-    one image and at a full batch (the compile is shape-dynamic, so these cover the rest);
-    otherwise one small call that loads the kernels."""
+def warmup_sizes(config: SDXLSettings, device: str, sizes=SERVED_SIZES) -> list[tuple[int, int, int, float]]:
+    """(width, height, batch, guidance) to run before the worker says ready.
+
+    Compiled: every served size at one image and at a full batch, so no job pays for a compile.
+    The order matters. A shape-dynamic compile still makes a graph of its own for a dimension of
+    size 1, and ties together dimensions that happen to be equal on its first call: a square first
+    call ties height to width, and every non-square job would compile again. So a non-square full
+    batch comes first; then one image with guidance 1, which skips classifier-free guidance as
+    exact-copy jobs do (a UNet batch of 1); then a batch of 2, because a convolution's choice of
+    kernel can fix the first call's batch size in the VAE decoder's graph (the CPU's does). The
+    rest then compile nothing (tests/test_speed_switches.py counts the graphs).
+    Not compiled: one small call that loads the kernels."""
     if not config.compile or not device.startswith("cuda"):
         side = 1024 if device.startswith("cuda") else 64
-        return [(side, side, 1)]
-    batches = sorted({1, config.max_batch_images})
-    return [(w, h, b) for w, h in SERVED_SIZES for b in batches]
+        return [(side, side, 1, 5.0)]
+    wide = max(sizes, key=lambda size: size[0] / size[1])
+    full = config.max_batch_images
+    order = [(*wide, full, 5.0), (*wide, 1, 1.0), (*wide, 2, 5.0)]
+    order += [(w, h, b, 5.0) for w, h in sizes for b in (full, 1)]
+    return [shape for i, shape in enumerate(order) if shape not in order[:i] and shape[2] <= full]

@@ -21,6 +21,7 @@ from shared.errors import JobError
 from shared.gpu import resolve_dtype, usable_memory_bytes
 from shared.inputs import Generated, Generation, ImageOutput, VideoOutput
 from shared.logging import get_logger
+from workers.compile_watch import compiles_logged
 from workers.wan.solvers import make_solver
 from workers.wan.speed import (
     BatchedGuidance,
@@ -95,9 +96,10 @@ class WANEngine(Engine):
     def _warm_up(self) -> None:
         try:
             positions = getattr(self.pipe.transformer.config, "rope_max_seq_len", 1024)
-            for width, height, frames in warmup_shapes(self.compiled, positions):
+            shapes = warmup_shapes(self.compiled, positions, self.config.batched_guidance)
+            for width, height, frames, guidance in shapes:
                 warm = Generation(id="warm-up", media="video" if frames > 1 else "image", prompt="warm up",
-                                  negative_prompt="", width=width, height=height, steps=2, guidance_scale=5.0,
+                                  negative_prompt="", width=width, height=height, steps=2, guidance_scale=guidance,
                                   scheduler="unipc", seeds=(0,), frames=frames, shift=3.0)
                 self._generate_with_retry(warm, 0, None)  # out of memory: VAE tiling, then a JobError
         except JobError as exc:  # the clip does not fit this card even tiled: jobs that size will say so themselves
@@ -119,7 +121,9 @@ class WANEngine(Engine):
             try:
                 outputs: list[ImageOutput | VideoOutput] = []
                 for seed in item.seeds:
-                    frames = self._generate_with_retry(item, seed, ctx)
+                    with compiles_logged(self.compiled, "wan", width=item.width, height=item.height,
+                                         frames=item.frames, guidance=item.guidance_scale):
+                        frames = self._generate_with_retry(item, seed, ctx)
                     if item.media == "image":
                         outputs.append(ImageOutput(pixels=frames[0], seed=seed))  # made an image behind the GPU
                     else:

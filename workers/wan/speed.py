@@ -51,18 +51,22 @@ PRESET_SHAPES = ((480, 832, 1), (480, 832, 81))
 SMALL_SHAPES = ((64, 64, 1), (64, 64, 5))
 
 
-def warmup_shapes(compiled: bool, max_positions: int) -> list[tuple[int, int, int]]:
-    """(width, height, frames) to run before ready. Compiled: an image and a clip (one frame is a
-    graph of its own; the clip's covers every other length and size), at the presets' size where
-    the model's position table (`max_positions` per axis) reaches, else small. Eager: one tiny
-    image that loads the kernels."""
+def warmup_shapes(compiled: bool, max_positions: int, batched_guidance: bool = False
+                  ) -> list[tuple[int, int, int, float]]:
+    """(width, height, frames, guidance) to run before ready. Compiled: an image and a clip (one
+    frame is a graph of its own; the clip's covers every other length and size), at the presets'
+    size where the model's position table (`max_positions` per axis) reaches, else small. With
+    batched guidance the blocks see a batch of 2, and a job without guidance (guidance 1) a batch
+    of 1, a graph of its own: both are warmed up. Eager: one tiny image that loads the kernels."""
     if not compiled:
-        return [(32, 32, 1)]
+        return [(32, 32, 1, 5.0)]
 
     def fits(width: int, height: int, frames: int) -> bool:  # 8x VAE, 2x2 patches; 4 frames a latent
         return max(width, height) // 16 <= max_positions and (frames - 1) // 4 + 1 <= max_positions
 
-    return [shape if fits(*shape) else small for shape, small in zip(PRESET_SHAPES, SMALL_SHAPES, strict=True)]
+    shapes = [shape if fits(*shape) else small for shape, small in zip(PRESET_SHAPES, SMALL_SHAPES, strict=True)]
+    guidances = (5.0, 1.0) if batched_guidance else (5.0,)
+    return [(*shape, guidance) for guidance in guidances for shape in shapes]
 
 
 def module_bytes(module: torch.nn.Module) -> int:
