@@ -41,7 +41,7 @@ class SDXLSettings(BaseSettings):
     vae_tiling_above: int = Field(default=1024, description="VAE tiling when width or height exceeds this")
     reference_resize: Literal["cover", "contain", "stretch"] = Field(
         default="cover", description="fit a reference to the job size: crop, pad, or distort")
-    warmup: bool = Field(default=True, description="one short generation before the worker reports ready")
+    warmup: bool = Field(default=True, description="one short generation before ready (always when compiled)")
 
 
 class WANSettings(BaseSettings):

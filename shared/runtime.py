@@ -35,6 +35,7 @@ from shared.admin import element_age
 from shared.announce import announce_in_background
 from shared.batching import BatchContext, ContinuousContext, job_type_of, next_batch
 from shared.claimer import Claimer
+from shared.compile_cache import use_compile_cache
 from shared.decode import Plan
 from shared.engine import Engine
 from shared.errors import JobError
@@ -109,6 +110,7 @@ class Worker:
             return 0
         try:
             apply_memory_budget(self.settings.gpu_memory_gb, self.device)
+            use_compile_cache(self.settings.compile_cache_dir)
             self.engine.setup(self.device)
         except Exception as exc:
             self.state = "failed"

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     reference_max_pixels: int = Field(default=40_000_000, gt=0, validation_alias="REFERENCE_MAX_PIXELS")
     reference_timeout_seconds: float = Field(default=20.0, gt=0, validation_alias="REFERENCE_TIMEOUT_SECONDS")
     gpu_memory_gb: float | None = Field(default=None, gt=0, validation_alias="GPU_MEMORY_GB")
+    compile_cache_dir: str | None = Field(
+        default=None, validation_alias="COMPILE_CACHE_DIR",
+        description="torch.compile's cache, kept across restarts (default: torch's own, in /tmp)")
     worker_id: str = Field(default_factory=default_worker_id, validation_alias="WORKER_ID")
     health_port: int | None = Field(default=None, validation_alias="HEALTH_PORT")
     device: str = Field(default="cuda", validation_alias="DEVICE", description="torch device for `run` (--device wins)")

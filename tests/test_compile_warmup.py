@@ -15,6 +15,7 @@ import torch
 from shared.engine import NoStops
 from shared.engine_settings import SDXLSettings, WANSettings
 from shared.inputs import Generation
+from shared.logging import configure_logging
 from workers.compile_watch import graphs_compiled
 from workers.sdxl import engine as sdxl_engine_module
 from workers.sdxl.engine import SDXLEngine
@@ -45,6 +46,13 @@ def no_graphs_from_earlier_tests():
     torch._dynamo.reset()
 
 
+@pytest.fixture
+def info_logs():
+    configure_logging("INFO")
+    yield
+    configure_logging("WARNING")  # as tests/conftest.py set it
+
+
 @pytest.fixture(scope="module")
 def sdxl_model(tmp_path_factory):
     return str(make_tiny_sdxl(tmp_path_factory.mktemp("warm-sdxl")))
@@ -68,23 +76,29 @@ def test_after_the_warm_up_sdxl_compiles_nothing_at_any_served_size_and_batch(sd
 
 
 def test_a_job_that_pays_for_a_compile_is_logged(sdxl_model, capfd):
-    engine = SDXLEngine(sdxl_model, SDXLSettings(compile=True, compile_backend="eager", compile_regional=True, warmup=False))
+    # Compiled, even with SDXL_WARMUP=false, it warms up; on a CPU only one small image with guidance.
+    engine = SDXLEngine(sdxl_model, SDXLSettings(compile=True, compile_backend="eager", compile_regional=True,
+                                                 warmup=False))
     engine.setup("cpu")
-    engine.run([sdxl_job(64, 64, 1, 5.0)], NoStops())
+    engine.run([sdxl_job(64, 64, 1, 5.0)], NoStops())  # the warm-up's shape
+    assert compiled_logs(capfd.readouterr().err) == []
+    engine.run([sdxl_job(64, 64, 1, 1.0)], NoStops())  # no guidance: a UNet batch of 1, not warmed up here
     logged = compiled_logs(capfd.readouterr().err)
     assert len(logged) == 1 and logged[0]["graphs"] >= 1
-    assert (logged[0]["engine"], logged[0]["width"], logged[0]["images"]) == ("sdxl", 64, 1)
-    engine.run([sdxl_job(64, 64, 1, 5.0)], NoStops())  # the same shape again: nothing new
+    assert (logged[0]["engine"], logged[0]["width"], logged[0]["images"], logged[0]["guidance"]) == ("sdxl", 64, 1, 1.0)
+    engine.run([sdxl_job(64, 64, 1, 1.0)], NoStops())  # the same shape again: nothing new
     assert compiled_logs(capfd.readouterr().err) == []
 
 
 @pytest.mark.parametrize("batched_guidance", [False, True])
 def test_after_the_warm_up_wan_compiles_nothing_at_other_sizes_lengths_and_guidance(tmp_path, batched_guidance,
-                                                                                     capfd):
+                                                                                     info_logs, capfd):
     engine = WANEngine(str(make_tiny_wan(tmp_path)), WANSettings(compile=True, compile_backend="eager",
                                                                  batched_guidance=batched_guidance))
     engine.setup("cpu")
     warmed = graphs_compiled()
+    warm_up = [json.loads(line) for line in capfd.readouterr().err.splitlines() if '"compile_warmed_up"' in line]
+    assert len(warm_up) == 1 and warm_up[0]["engine"] == "wan" and warm_up[0]["graphs"] >= 2
     for width, height, frames, guidance in [(64, 64, 1, 5.0), (96, 48, 9, 5.0), (48, 96, 1, 1.0),
                                             (80, 80, 13, 1.0), (112, 64, 17, 6.5)]:
         job = Generation(id="w", media="video" if frames > 1 else "image", prompt="waves", negative_prompt="static",

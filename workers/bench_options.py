@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 BENCHMARKS = {"fleet": "workers.bench_fleet", "sdxl": "workers.sdxl.bench", "wan": "workers.wan.bench",
-              "chat": "workers.chat.bench", "all": "workers.bench_all"}
+              "chat": "workers.chat.bench", "all": "workers.bench_all", "cold-start": "workers.bench_cold_start"}
 
 DTYPES = ["auto", "fp16", "bf16", "fp32"]
 
@@ -20,7 +20,7 @@ def _model(parser: argparse.ArgumentParser, what: str, config: str) -> None:
 
 
 def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
-    which = bench.add_subparsers(dest="what", required=True, metavar="{all,fleet,sdxl,wan,chat}")
+    which = bench.add_subparsers(dest="what", required=True, metavar="{all,fleet,sdxl,wan,chat,cold-start}")
 
     every = which.add_parser("all", help="every benchmark on this machine, one report (report.json, report.md)",
                              description="SDXL, WAN, chat and fleet, each against its baseline in the same run; "
@@ -35,6 +35,15 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
                             "compile-regional, compile, fp8, batched-guidance, defaults; default all)")
     every.add_argument("--model-configs", metavar="DIR",
                        help="the full-size architectures (default ../shared/model-configs beside the checkout)")
+
+    cold = which.add_parser("cold-start", help="a compiled worker's start, with an empty and a warm compile cache",
+                            description="Starts the engine with its compile on twice, each in a fresh process: "
+                                        "with an empty COMPILE_CACHE_DIR, then with what the first start left.")
+    cold.add_argument("--engine", default="wan", choices=["wan", "sdxl"], help="which engine (default wan)")
+    cold.add_argument("--device", default="cuda", help="cuda or cpu (default cuda)")
+    cold.add_argument("--tiny", action="store_true", help="the tiny model; default: full-size random weights")
+    cold.add_argument("--model-configs", metavar="DIR",
+                      help="the full-size architectures (default ../shared/model-configs beside the checkout)")
 
     fleet = which.add_parser("fleet", help="the runtime against a one-job-at-a-time loop, on the sim engine",
                              description="Same jobs through the pipelined runtime and strictly serially, against a "
@@ -79,5 +88,5 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     chat.add_argument("--backend", default="transformers", choices=["transformers", "vllm"],
                       help="generator to measure (default transformers)")
 
-    for parser in (every, fleet, sdxl, wan, chat):
+    for parser in (every, cold, fleet, sdxl, wan, chat):
         parser.add_argument("--json", action="store_true", help="print the whole report as JSON")

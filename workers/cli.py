@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--sdxl-sha256", help="expected sha256 of the checkpoint at --sdxl")
     fetch.set_defaults(func=commands.cmd_fetch_models)
 
-    bench = sub.add_parser("bench", help="benchmarks: fleet, sdxl, wan, chat (each has its own --help)")
+    bench = sub.add_parser("bench", help="benchmarks: all, fleet, sdxl, wan, chat, cold-start (each has its own --help)")
     add_bench_parsers(bench)
     bench.set_defaults(func=commands.cmd_bench)
     return parser

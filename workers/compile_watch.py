@@ -1,9 +1,10 @@
-"""Compiles that a job paid for.
+"""What torch.compile did, in the log: at the warm-up, and in a job that paid for a compile.
 
 A compiled engine warms up before it says ready so that no job waits for a compile (minutes on
-a GPU for a whole SDXL UNet). If a job still brings a shape the warm-up did not cover, torch
-compiles a new graph in the middle of it: the job is not lost, only late. This makes that
-visible: a `compiled_during_job` warning with the job's shape, and the graph count for tests.
+a GPU for a whole SDXL UNet). `compile_warmed_up` says how long that took, how many graphs it
+made and how many inductor found in its cache (shared/compile_cache.py). If a job still brings a
+shape the warm-up did not cover, torch compiles a new graph in the middle of it: the job is not
+lost, only late; `compiled_during_job` says so, with the job's shape.
 """
 
 from __future__ import annotations
@@ -21,6 +22,26 @@ def graphs_compiled() -> int:
     from torch._dynamo.utils import counters
 
     return counters["stats"]["unique_graphs"]
+
+
+def compile_counts() -> dict[str, int]:
+    """Graphs made so far, and how many of inductor's compiles its on-disk cache answered or not."""
+    from torch._dynamo.utils import counters
+
+    return {"graphs": counters["stats"]["unique_graphs"], "cache_hits": counters["inductor"]["fxgraph_cache_hit"],
+            "cache_misses": counters["inductor"]["fxgraph_cache_miss"]}
+
+
+@contextmanager
+def warm_up_logged(enabled: bool, engine: str):
+    """Around a compiled engine's warm-up: one `compile_warmed_up` record."""
+    if not enabled:
+        yield
+        return
+    before, started = compile_counts(), time.monotonic()
+    yield
+    made = {key: value - before[key] for key, value in compile_counts().items()}
+    log.info("compile_warmed_up", engine=engine, seconds=round(time.monotonic() - started, 1), **made)
 
 
 @contextmanager

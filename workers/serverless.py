@@ -12,6 +12,7 @@ import os
 import time
 from typing import Any
 
+from shared.compile_cache import use_compile_cache
 from shared.engine import Engine, NoStops
 from shared.errors import BadPayload, JobError
 from shared.failures import as_job_error
@@ -28,6 +29,7 @@ class ServerlessRunner:
         self.engine = engine
         # The same decode and delivery as a queue worker; only the source differs.
         self.pipeline = build_pipeline(engine, settings, connect(settings.effective_redis_url), **wiring)
+        use_compile_cache(settings.compile_cache_dir)  # a cold start loads what an earlier container compiled
         engine.setup(device)
 
     def handle(self, event: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from shared.engine_settings import SDXLSettings
 from shared.errors import JobError
 from shared.gpu import resolve_dtype
 from shared.inputs import Generated, Generation, ImageOutput
-from workers.compile_watch import compiles_logged
+from workers.compile_watch import compiles_logged, warm_up_logged
 from workers.sdxl.prompts import PromptEmbeddings, PromptEncoder
 from workers.sdxl.schedulers import make_scheduler
 from workers.sdxl.speed import apply_switches, warmup_sizes
@@ -103,8 +103,9 @@ class SDXLEngine(Engine):
         self.pipe = pipe
         self.encoder = PromptEncoder(pipe, device)
         self._base_scheduler_config = dict(pipe.scheduler.config)
-        if self.config.warmup:
-            self._warm_up()
+        if self.config.warmup or self.config.compile:  # a compiled worker never leaves its compile to a job
+            with warm_up_logged(self.config.compile, "sdxl"):
+                self._warm_up()
 
     def _warm_up(self) -> None:
         embeddings = self.encoder.encode("warm up", "", use_compel=False)

@@ -21,7 +21,7 @@ from shared.errors import JobError
 from shared.gpu import resolve_dtype, usable_memory_bytes
 from shared.inputs import Generated, Generation, ImageOutput, VideoOutput
 from shared.logging import get_logger
-from workers.compile_watch import compiles_logged
+from workers.compile_watch import compiles_logged, warm_up_logged
 from workers.wan.solvers import make_solver
 from workers.wan.speed import (
     BatchedGuidance,
@@ -77,7 +77,8 @@ class WANEngine(Engine):
         self._cache_enabled = False
         self.compiled = compiles(self.config, device)
         if self.config.warmup or self.compiled:  # a compiled worker never leaves its compile to a job
-            self._warm_up()
+            with warm_up_logged(self.compiled, "wan"):
+                self._warm_up()
 
     def _place_text_encoder(self, pipe, device: str) -> str:
         """`gpu` (the engine's device) or `cpu`; `auto` decides on CUDA by the card's free memory."""
