@@ -17,19 +17,17 @@ from shared.logging import get_logger
 log = get_logger(component="compile")
 
 
-def graphs_compiled() -> int:
-    """Graphs torch.compile has made in this process so far (every backend counts)."""
-    from torch._dynamo.utils import counters
-
-    return counters["stats"]["unique_graphs"]
-
-
 def compile_counts() -> dict[str, int]:
-    """Graphs made so far, and how many of inductor's compiles its on-disk cache answered or not."""
+    """Graphs torch.compile has made in this process so far (every backend counts), and how many
+    of inductor's compiles its on-disk cache answered or not."""
     from torch._dynamo.utils import counters
 
     return {"graphs": counters["stats"]["unique_graphs"], "cache_hits": counters["inductor"]["fxgraph_cache_hit"],
             "cache_misses": counters["inductor"]["fxgraph_cache_miss"]}
+
+
+def graphs_compiled() -> int:
+    return compile_counts()["graphs"]
 
 
 @contextmanager

@@ -73,7 +73,7 @@ def warmup_sizes(config: SDXLSettings, device: str, sizes=SERVED_SIZES) -> list[
     batch comes first; then one image with guidance 1, which skips classifier-free guidance as
     exact-copy jobs do (a UNet batch of 1); then a batch of 2, because a convolution's choice of
     kernel can fix the first call's batch size in the VAE decoder's graph (the CPU's does). The
-    rest then compile nothing (tests/test_speed_switches.py counts the graphs).
+    rest then compile nothing (tests/test_compile_warmup.py counts the graphs).
     Not compiled: one small call that loads the kernels."""
     if not config.compile or not device.startswith("cuda"):
         side = 1024 if device.startswith("cuda") else 64
