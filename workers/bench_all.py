@@ -88,18 +88,36 @@ def _short(items: list[Generation]) -> list[Generation]:
     return [replace(item, steps=2) for item in items]
 
 
-def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
-              pick: Callable[[str], bool]) -> Iterator[dict]:
-    from shared.engine_settings import SDXLSettings
-    from workers.sdxl.bench import _time_baseline, random_weights_pipeline
-    from workers.sdxl.engine import SDXLEngine, load_pipeline
+def sdxl_model(tiny: bool, tmp: Path, configs: Path) -> tuple[str, Callable]:
+    """The SDXL model a bench runs and the loader it takes: the tiny model written to `tmp`, or the
+    full-size architecture in `configs` built with random weights."""
+    from workers.sdxl.bench import random_weights_pipeline
+    from workers.sdxl.engine import load_pipeline
     from workers.sdxl.tiny import make_tiny_sdxl
 
     if tiny:
-        model, factory, size, steps, jobs, batch = str(make_tiny_sdxl(tmp / "sdxl")), load_pipeline, 64, 4, 4, 4
-    else:
-        model, factory, size, steps, jobs, batch = (str(configs / "sdxl-base-1.0"), random_weights_pipeline,
-                                                    1024, 30, 4, 4)
+        return str(make_tiny_sdxl(tmp / "sdxl")), load_pipeline
+    return str(configs / "sdxl-base-1.0"), random_weights_pipeline
+
+
+def wan_model(tiny: bool, tmp: Path, configs: Path) -> str:
+    """The WAN folder a bench runs: the tiny model, or the full size with random weights, in `tmp`."""
+    from workers.wan.bench import random_weights_folder
+    from workers.wan.tiny import make_tiny_wan
+
+    if tiny:
+        return str(make_tiny_wan(tmp / "wan"))
+    return str(random_weights_folder(str(configs / "wan2.1-t2v-1.3b"), tmp / "wan"))
+
+
+def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
+              pick: Callable[[str], bool]) -> Iterator[dict]:
+    from shared.engine_settings import SDXLSettings
+    from workers.sdxl.bench import _time_baseline
+    from workers.sdxl.engine import SDXLEngine
+
+    model, factory = sdxl_model(tiny, tmp, configs)
+    size, steps, jobs, batch = (64, 4, 4, 4) if tiny else (1024, 30, 4, 4)
     dtype = resolve_dtype("auto", device)
     work = [Generation(id=f"bench-{i}", media="image", prompt=f"benchmark prompt {i}, a lighthouse at dawn",
                        negative_prompt="blurry, low quality", width=size, height=size, steps=steps,
@@ -146,15 +164,11 @@ def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
 def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
              pick: Callable[[str], bool]) -> Iterator[dict]:
     from shared.engine_settings import WANSettings
-    from workers.wan.bench import _time_baseline, random_weights_folder
+    from workers.wan.bench import _time_baseline
     from workers.wan.engine import WANEngine
-    from workers.wan.tiny import make_tiny_wan
 
-    if tiny:
-        folder, width, height, frames, steps = str(make_tiny_wan(tmp / "wan")), 64, 64, 9, 4
-    else:
-        folder = str(random_weights_folder(str(configs / "wan2.1-t2v-1.3b"), tmp / "wan"))
-        width, height, frames, steps = 832, 480, 81, 25
+    folder = wan_model(tiny, tmp, configs)
+    width, height, frames, steps = (64, 64, 9, 4) if tiny else (832, 480, 81, 25)
     dtype = resolve_dtype("auto", device)
 
     def job(media: str, cache: bool = False) -> Generation:

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.settings import REPO_ROOT
-
-MODEL_CONFIGS = REPO_ROOT.parent / "shared" / "model-configs"
+from workers.bench_all import MODEL_CONFIGS, sdxl_model, wan_model
 
 
 def _engine(kind: str, model: str, random_weights: bool):
@@ -64,17 +63,10 @@ def _start_in_a_new_process(kind: str, model: str, device: str, random_weights: 
 def run(kind: str, device: str, tiny: bool, configs: Path = MODEL_CONFIGS) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cold-start-") as tmp:
         work = Path(tmp)
-        if tiny:
-            from workers.sdxl.tiny import make_tiny_sdxl
-            from workers.wan.tiny import make_tiny_wan
-
-            model, random_weights = str((make_tiny_sdxl if kind == "sdxl" else make_tiny_wan)(work / kind)), False
-        elif kind == "sdxl":
-            model, random_weights = str(configs / "sdxl-base-1.0"), True
+        if kind == "sdxl":  # the child process gets the loader as a flag: random weights or a folder
+            model, random_weights = sdxl_model(tiny, work, configs)[0], not tiny
         else:
-            from workers.wan.bench import random_weights_folder
-
-            model, random_weights = str(random_weights_folder(str(configs / "wan2.1-t2v-1.3b"), work / "wan")), False
+            model, random_weights = wan_model(tiny, work, configs), False
         starts = {name: _start_in_a_new_process(kind, model, device, random_weights, work / "compile-cache")
                   for name in ("empty cache", "warm cache")}
     cold, warm = starts["empty cache"]["ready_s"], starts["warm cache"]["ready_s"]
