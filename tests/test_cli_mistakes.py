@@ -55,6 +55,7 @@ def mistakes(tiny_models):
         (["dlq", "requeue", "no-such-id"], {}, 1, "no dead-lettered job no-such-id"),
         (["make-tiny-model", "bogus", "/tmp/x"], {}, 2, "available: sdxl, wan, wan-vace, chat"),
         (["bench", "sdxl"], {}, 2, "needs --model"),
+        (["bench", "all", "--variants", "worker,compiled"], {}, 2, "unknown variant compiled (known: worker"),
         (["bench", "chat", "--model", "/no/such/model"], {}, 2, "no such file or folder"),
         (["run", "nonsense"], {}, 2, "invalid choice"),
         (["submit"], {}, 2, "required"),

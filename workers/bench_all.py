@@ -18,7 +18,7 @@ import json
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ from shared.settings import REPO_ROOT, Settings
 from workers.bench_measure import CapturedCall, StepClock, peak_tflops, utilisation
 
 MODEL_CONFIGS = REPO_ROOT.parent / "shared" / "model-configs"
+# Given a bench's variant keys, the ones to run, in the order they were asked for.
+Chooser = Callable[[Iterable[str]], list[str]]
 
 
 def _row(bench: str, device: str, settings: dict, baseline: tuple[str, float], ours: tuple[str, float], metric: str,
@@ -111,7 +113,7 @@ def wan_model(tiny: bool, tmp: Path, configs: Path) -> str:
 
 
 def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
-              pick: Callable[[str], bool]) -> Iterator[dict]:
+              chosen: Chooser) -> Iterator[dict]:
     from shared.engine_settings import SDXLSettings
     from workers.sdxl.bench import _time_baseline
     from workers.sdxl.engine import SDXLEngine
@@ -157,12 +159,12 @@ def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
                        mfu=_round(utilisation(flops, ms, peak), 4), images_per_second=round(1 / seconds, 3),
                        ready_s=round(ready, 1), peak_gib=_peak_gib(device))
 
-    for label, switches in (variants[key] for key in variants if pick(key)):
+    for label, switches in (variants[key] for key in chosen(variants)):
         yield from _guarded("sdxl", device, name, label, measure(label, switches))
 
 
 def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
-             pick: Callable[[str], bool]) -> Iterator[dict]:
+             chosen: Chooser) -> Iterator[dict]:
     from shared.engine_settings import WANSettings
     from workers.wan.bench import _time_baseline
     from workers.wan.engine import WANEngine
@@ -206,12 +208,12 @@ def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs
                        "seconds_per_job", "lower", ms_per_step=_round(ms),
                        mfu=_round(utilisation(flops, ms, peak), 4), ready_s=round(ready, 1), peak_gib=_peak_gib(device))
 
-    for key, (label, switches, cached) in ((k, v) for k, v in variants.items() if pick(k)):
+    for key, (label, switches, cached) in ((k, variants[k]) for k in chosen(variants)):
         yield from _guarded("wan", device, name, label, measure(key, label, switches, cached))
 
 
 def chat_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
-              pick: Callable[[str], bool]) -> list[dict]:
+              chosen: Chooser) -> list[dict]:
     import importlib.util
 
     from workers.chat.bench import run_chat_bench
@@ -259,7 +261,7 @@ def chat_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
 
 
 def fleet_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
-               pick: Callable[[str], bool]) -> list[dict]:
+               chosen: Chooser) -> list[dict]:
     from workers.bench_fleet import run_fleet_bench
 
     redis_url = Settings().effective_redis_url
@@ -285,6 +287,16 @@ def fleet_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, confi
 BENCHES = {"sdxl": sdxl_rows, "wan": wan_rows, "chat": chat_rows, "fleet": fleet_rows}
 
 
+def chooser(variants: tuple[str, ...]) -> Chooser:
+    """None asked: every variant, in the bench's order. Otherwise those asked that the bench has, in
+    the order asked: a lease's deadline may cut the last ones, so the caller decides what goes first."""
+    def chosen(keys: Iterable[str]) -> list[str]:
+        keys = list(keys)
+        return [key for key in variants if key in keys] if variants else keys
+
+    return chosen
+
+
 def run_all(device: str, tiny: bool, out: Path, only: tuple[str, ...] = tuple(BENCHES),
             configs: Path = MODEL_CONFIGS, variants: tuple[str, ...] = ()) -> dict[str, Any]:
     """`variants`: the SDXL and WAN variants to run (keys such as `worker`, `cache`, `compile`); none: all."""
@@ -300,8 +312,7 @@ def run_all(device: str, tiny: bool, out: Path, only: tuple[str, ...] = tuple(BE
         for bench in only:
             begun = time.monotonic()
             try:
-                for row in BENCHES[bench](device, name, tiny, Path(tmp), peak, configs,
-                                          lambda key: not variants or key in variants):
+                for row in BENCHES[bench](device, name, tiny, Path(tmp), peak, configs, chooser(variants)):
                     table = _add(rows, row, peak, begun, out, name, tiny, started)
             except Exception as exc:  # noqa: BLE001 - one bench failing must not lose the others' figures
                 failed = {"bench": bench, "device": name, "error": f"{type(exc).__name__}: {exc}",
@@ -347,6 +358,5 @@ def markdown(rows: list[dict], device: str, peak: float, tiny: bool, seconds: fl
 
 def run_from_args(args) -> dict[str, Any]:
     only = tuple(b.strip() for b in args.only.split(",") if b.strip())
-    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     return run_all(args.device, args.tiny, Path(args.out), only,
-                   Path(args.model_configs) if args.model_configs else MODEL_CONFIGS, variants)
+                   Path(args.model_configs) if args.model_configs else MODEL_CONFIGS, args.variants)

@@ -9,6 +9,18 @@ BENCHMARKS = {"fleet": "workers.bench_fleet", "sdxl": "workers.sdxl.bench", "wan
               "chat": "workers.chat.bench", "all": "workers.bench_all", "cold-start": "workers.bench_cold_start"}
 
 DTYPES = ["auto", "fp16", "bf16", "fp32"]
+# `bench all --variants`: the SDXL and WAN variants workers/bench_all.py knows (some run on CUDA only).
+VARIANTS = ("worker", "vae-bf16", "cache", "cudnn", "compile-regional", "compile", "fp8", "batched-guidance",
+            "defaults")
+
+
+def variant_list(text: str) -> tuple[str, ...]:
+    """`a,b,c` in that order; a name no bench has is a usage error, not a run that measures nothing."""
+    keys = tuple(key.strip() for key in text.split(",") if key.strip())
+    unknown = [key for key in keys if key not in VARIANTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown variant {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+    return keys
 
 
 def _model(parser: argparse.ArgumentParser, what: str, config: str) -> None:
@@ -30,9 +42,9 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
                        help="the tiny models (minutes on a CPU); default: full-size random weights")
     every.add_argument("--out", default="bench-report", help="folder for report.json and report.md")
     every.add_argument("--only", default="sdxl,wan,chat,fleet", help="which benchmarks (default all four)")
-    every.add_argument("--variants", default="",
-                       help="SDXL/WAN variants to run, e.g. worker,cache (keys: worker, vae-bf16, cache, cudnn, "
-                            "compile-regional, compile, fp8, batched-guidance, defaults; default all)")
+    every.add_argument("--variants", default=(), type=variant_list,
+                       help=f"SDXL/WAN variants to run, in this order, e.g. worker,cache (keys: {', '.join(VARIANTS)}; "
+                            "default all)")
     every.add_argument("--model-configs", metavar="DIR",
                        help="the full-size architectures (default ../shared/model-configs beside the checkout)")
 
