@@ -23,8 +23,9 @@ class SDXLSettings(BaseSettings):
     fuse_qkv: bool = Field(default=True, description="fused QKV attention projections")
     # GPU speed switches (workers/sdxl/speed.py). On by default only what an H200 measured faster: see README.
     compile: bool = Field(default=False, description="torch.compile the UNet (warmed up before ready)")
-    compile_mode: str = Field(default="max-autotune-no-cudagraphs",
-                              description="torch.compile mode; reduce-overhead adds CUDA graphs")
+    # `default`, as WAN's: max-autotune times Triton kernels for every matmul shape, and on the H200
+    # that compile did not finish in 200 s. Speed of either mode on SDXL: not measured.
+    compile_mode: str = Field(default="default", description="torch.compile mode; reduce-overhead adds CUDA graphs")
     compile_vae: bool = Field(default=False, description="with SDXL_COMPILE: the VAE decoder too")
     compile_regional: bool = Field(default=False,
                                    description="with SDXL_COMPILE: only the repeated transformer blocks (faster compile)")
