@@ -299,7 +299,8 @@ def chooser(variants: tuple[str, ...]) -> Chooser:
 
 def run_all(device: str, tiny: bool, out: Path, only: tuple[str, ...] = tuple(BENCHES),
             configs: Path = MODEL_CONFIGS, variants: tuple[str, ...] = ()) -> dict[str, Any]:
-    """`variants`: the SDXL and WAN variants to run (keys such as `worker`, `cache`, `compile`); none: all."""
+    """`variants`: the SDXL and WAN variants to run, in that order (keys such as `worker`, `cache`,
+    `compile`); none: all."""
     out.mkdir(parents=True, exist_ok=True)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda but no CUDA GPU is visible")
