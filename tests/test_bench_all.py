@@ -49,6 +49,16 @@ def test_a_bench_cut_short_keeps_the_rows_it_measured_and_runs_only_the_variants
     assert "| sdxl | variant compile |" in (tmp_path / "report.md").read_text()
 
 
+def test_every_variant_a_bench_has_is_one_the_command_line_accepts_and_the_reverse():
+    """--variants checks names against a list kept apart from the benches (so that --help needs no torch)."""
+    from workers.bench_all import sdxl_variants, wan_variants
+    from workers.bench_options import VARIANTS
+
+    on_cuda = {*sdxl_variants("cuda"), *wan_variants("cuda")}
+    assert on_cuda == set(VARIANTS)
+    assert {*sdxl_variants("cpu"), *wan_variants("cpu")} < on_cuda  # compiling and FP8 only on a GPU
+
+
 def test_the_step_clock_marks_each_step_once_however_many_inputs_report_it():
     from workers.bench_measure import StepClock
 

@@ -112,6 +112,38 @@ def wan_model(tiny: bool, tmp: Path, configs: Path) -> str:
     return str(random_weights_folder(str(configs / "wan2.1-t2v-1.3b"), tmp / "wan"))
 
 
+def sdxl_variants(device: str) -> dict[str, tuple[str, dict]]:
+    """`bench all --variants` key -> (label, SDXL switches): "worker" is every speed switch off, then
+    each switch alone, then the shipped defaults together."""
+    off = {"vae_dtype": "model", "compile": False, "cudnn_benchmark": False, "cache": "none", "fp8": "off"}
+    variants = {"worker": ("worker", off), "vae-bf16": ("worker + VAE in bf16", {**off, "vae_dtype": "bf16"}),
+                "cache": ("worker + DeepCache, full UNet every 3 steps", {**off, "cache": "deep", "cache_interval": 3})}
+    if device.startswith("cuda"):  # compiling on a CPU takes minutes and says nothing about a GPU
+        variants["cudnn"] = ("worker + cuDNN benchmark", {**off, "cudnn_benchmark": True})
+        # The UNet's transformer blocks alone: the quickest compile (the H200 did not finish blocks +
+        # VAE decoder at six shapes in 200 s); "compile" is the whole UNet and the VAE decoder.
+        variants["compile-regional"] = ("worker + compiled UNet blocks",
+                                        {**off, "compile": True, "compile_regional": True})
+        variants["compile"] = ("worker + compiled UNet and VAE decoder", {**off, "compile": True, "compile_vae": True})
+        variants["fp8"] = ("worker + FP8 UNet (dynamic, torchao)", {**off, "fp8": "dynamic"})
+        variants["defaults"] = ("worker, shipped defaults", {})
+    return variants
+
+
+def wan_variants(device: str) -> dict[str, tuple[str, dict, bool]]:
+    """`bench all --variants` key -> (label, WAN switches, whether the job asks for the step cache)."""
+    off = {"compile": False, "batched_guidance": False, "vae_dtype": "fp32", "cache": "none", "fp8": "off"}
+    variants = {"worker": ("worker", off, False),
+                "cache": ("worker + first-block cache", {**off, "cache": "first_block"}, True),
+                "batched-guidance": ("worker + batched guidance", {**off, "batched_guidance": True}, False),
+                "vae-bf16": ("worker + VAE in bf16", {**off, "vae_dtype": "bf16"}, False)}
+    if device.startswith("cuda"):
+        variants["compile"] = ("worker + compiled blocks", {**off, "compile": True}, False)
+        variants["fp8"] = ("worker + FP8 transformer (dynamic, torchao)", {**off, "fp8": "dynamic"}, False)
+        variants["defaults"] = ("worker, shipped defaults", {}, False)
+    return variants
+
+
 def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
               chosen: Chooser) -> Iterator[dict]:
     from shared.engine_settings import SDXLSettings
@@ -126,19 +158,7 @@ def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
                        guidance_scale=6.0, scheduler="euler", seeds=(i,)) for i in range(jobs)]
     baseline = _time_baseline(factory(model, None, dtype).to(device), work, device)
     _free(device)
-    # "worker": every speed switch off; then each switch alone; then the shipped defaults together.
-    off = {"vae_dtype": "model", "compile": False, "cudnn_benchmark": False, "cache": "none", "fp8": "off"}
-    variants = {"worker": ("worker", off), "vae-bf16": ("worker + VAE in bf16", {**off, "vae_dtype": "bf16"}),
-                "cache": ("worker + DeepCache, full UNet every 3 steps", {**off, "cache": "deep", "cache_interval": 3})}
-    if device.startswith("cuda"):  # compiling on a CPU takes minutes and says nothing about a GPU
-        variants["cudnn"] = ("worker + cuDNN benchmark", {**off, "cudnn_benchmark": True})
-        # The UNet's transformer blocks alone: the quickest compile (the H200 did not finish blocks +
-        # VAE decoder at six shapes in 200 s); "compile" is the whole UNet and the VAE decoder.
-        variants["compile-regional"] = ("worker + compiled UNet blocks",
-                                        {**off, "compile": True, "compile_regional": True})
-        variants["compile"] = ("worker + compiled UNet and VAE decoder", {**off, "compile": True, "compile_vae": True})
-        variants["fp8"] = ("worker + FP8 UNet (dynamic, torchao)", {**off, "fp8": "dynamic"})
-        variants["defaults"] = ("worker, shipped defaults", {})
+    variants = sdxl_variants(device)
 
     def measure(label: str, switches: dict) -> Iterator[dict]:
         jobs_here = [replace(job, step_cache=True) for job in work] if switches.get("cache") else work
@@ -182,15 +202,7 @@ def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs
     baseline = _time_baseline(folder, {"video": job("video"), "image": job("image")}, device, dtype, width, height,
                               steps)
     _free(device)
-    off = {"compile": False, "batched_guidance": False, "vae_dtype": "fp32", "cache": "none", "fp8": "off"}
-    variants = {"worker": ("worker", off, False),
-                "cache": ("worker + first-block cache", {**off, "cache": "first_block"}, True),
-                "batched-guidance": ("worker + batched guidance", {**off, "batched_guidance": True}, False),
-                "vae-bf16": ("worker + VAE in bf16", {**off, "vae_dtype": "bf16"}, False)}
-    if device.startswith("cuda"):
-        variants["compile"] = ("worker + compiled blocks", {**off, "compile": True}, False)
-        variants["fp8"] = ("worker + FP8 transformer (dynamic, torchao)", {**off, "fp8": "dynamic"}, False)
-        variants["defaults"] = ("worker, shipped defaults", {}, False)
+    variants = wan_variants(device)
 
     def measure(key: str, label: str, switches: dict, cached: bool) -> Iterator[dict]:
         begun = time.perf_counter()
