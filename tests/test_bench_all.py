@@ -33,8 +33,8 @@ def test_a_bench_cut_short_keeps_the_rows_it_measured_and_runs_only_the_variants
     run in the order asked (the one a deadline must not cut goes first)."""
     import workers.bench_all as bench_all
 
-    def sdxl(device, name, tiny, tmp, peak, configs, chosen):
-        for key in chosen(("worker", "vae-bf16", "compile")):
+    def sdxl(device, name, tiny, tmp, peak, configs, asked):
+        for key in bench_all.chosen(asked, ("worker", "vae-bf16", "compile")):
             yield bench_all._row("sdxl", name, {"variant": key}, ("stock", 2.0), (key, 1.0), "seconds", "lower")
         raise KeyboardInterrupt  # the lease's timeout
 

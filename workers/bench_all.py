@@ -32,8 +32,6 @@ from shared.settings import REPO_ROOT, Settings
 from workers.bench_measure import CapturedCall, StepClock, peak_tflops, utilisation
 
 MODEL_CONFIGS = REPO_ROOT.parent / "shared" / "model-configs"
-# Given a bench's variant keys, the ones to run, in the order they were asked for.
-Chooser = Callable[[Iterable[str]], list[str]]
 
 
 def _row(bench: str, device: str, settings: dict, baseline: tuple[str, float], ours: tuple[str, float], metric: str,
@@ -145,7 +143,7 @@ def wan_variants(device: str) -> dict[str, tuple[str, dict, bool]]:
 
 
 def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
-              chosen: Chooser) -> Iterator[dict]:
+              asked: tuple[str, ...]) -> Iterator[dict]:
     from shared.engine_settings import SDXLSettings
     from workers.sdxl.bench import _time_baseline
     from workers.sdxl.engine import SDXLEngine
@@ -179,12 +177,13 @@ def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
                        mfu=_round(utilisation(flops, ms, peak), 4), images_per_second=round(1 / seconds, 3),
                        ready_s=round(ready, 1), peak_gib=_peak_gib(device))
 
-    for label, switches in (variants[key] for key in chosen(variants)):
+    for key in chosen(asked, variants):
+        label, switches = variants[key]
         yield from _guarded("sdxl", device, name, label, measure(label, switches))
 
 
 def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
-             chosen: Chooser) -> Iterator[dict]:
+             asked: tuple[str, ...]) -> Iterator[dict]:
     from shared.engine_settings import WANSettings
     from workers.wan.bench import _time_baseline
     from workers.wan.engine import WANEngine
@@ -220,12 +219,13 @@ def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs
                        "seconds_per_job", "lower", ms_per_step=_round(ms),
                        mfu=_round(utilisation(flops, ms, peak), 4), ready_s=round(ready, 1), peak_gib=_peak_gib(device))
 
-    for key, (label, switches, cached) in ((k, variants[k]) for k in chosen(variants)):
+    for key in chosen(asked, variants):
+        label, switches, cached = variants[key]
         yield from _guarded("wan", device, name, label, measure(key, label, switches, cached))
 
 
 def chat_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
-              chosen: Chooser) -> list[dict]:
+              asked: tuple[str, ...]) -> list[dict]:
     import importlib.util
 
     from workers.chat.bench import run_chat_bench
@@ -273,7 +273,7 @@ def chat_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
 
 
 def fleet_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
-               chosen: Chooser) -> list[dict]:
+               asked: tuple[str, ...]) -> list[dict]:
     from workers.bench_fleet import run_fleet_bench
 
     redis_url = Settings().effective_redis_url
@@ -299,14 +299,11 @@ def fleet_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, confi
 BENCHES = {"sdxl": sdxl_rows, "wan": wan_rows, "chat": chat_rows, "fleet": fleet_rows}
 
 
-def chooser(variants: tuple[str, ...]) -> Chooser:
-    """None asked: every variant, in the bench's order. Otherwise those asked that the bench has, in
-    the order asked: a lease's deadline may cut the last ones, so the caller decides what goes first."""
-    def chosen(keys: Iterable[str]) -> list[str]:
-        keys = list(keys)
-        return [key for key in variants if key in keys] if variants else keys
-
-    return chosen
+def chosen(asked: tuple[str, ...], available: Iterable[str]) -> list[str]:
+    """A bench's variants to run. None asked: all, in the bench's order. Otherwise those asked that the
+    bench has, in the order asked: a lease's deadline may cut the last ones, so the caller decides."""
+    available = list(available)
+    return [key for key in asked if key in available] if asked else available
 
 
 def run_all(device: str, tiny: bool, out: Path, only: tuple[str, ...] = tuple(BENCHES),
@@ -325,7 +322,7 @@ def run_all(device: str, tiny: bool, out: Path, only: tuple[str, ...] = tuple(BE
         for bench in only:
             begun = time.monotonic()
             try:
-                for row in BENCHES[bench](device, name, tiny, Path(tmp), peak, configs, chooser(variants)):
+                for row in BENCHES[bench](device, name, tiny, Path(tmp), peak, configs, variants):
                     table = _add(rows, row, peak, begun, out, name, tiny, started)
             except Exception as exc:  # noqa: BLE001 - one bench failing must not lose the others' figures
                 failed = {"bench": bench, "device": name, "error": f"{type(exc).__name__}: {exc}",
