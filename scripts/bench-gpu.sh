@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The full-size GPU report inside a fixed time budget (a lent GPU's lease): SDXL, then WAN, each a
-# `bench all` run with its own deadline, so that a run cut short still leaves the rows it measured
-# (bench-reports/h200-2026-11-26 came from this script).
-#   OUT=DIR [MODEL_CONFIGS=DIR] [WHEELS=DIR] [SDXL_DEADLINE=330] [WAN_DEADLINE=575] bash scripts/bench-gpu.sh
+# The full-size GPU report inside a fixed time budget (a lent GPU's lease): SDXL, then WAN, then chat,
+# each a `bench all` run that must end by its deadline (seconds from the script's start), so that a
+# run cut short still leaves the rows it measured. bench-reports/h200-*/ came from this script.
+#   OUT=DIR [MODEL_CONFIGS=DIR] [WHEELS=DIR] [SDXL_DEADLINE=200] [WAN_DEADLINE=440] [CHAT_DEADLINE=540] \
+#     bash scripts/bench-gpu.sh
 # WHEELS: a folder of wheels to install first (a machine with torch but without this project's
-# dependencies and no network). SDXL_VARIANTS / WAN_VARIANTS pick variants (see bench all --help).
+# dependencies and no network). SDXL_VARIANTS / WAN_VARIANTS pick variants (see bench all --help),
+# in the order they run: what decides a goal first. A deadline of 0 skips that bench.
 # DEVICE=cpu BENCH_ARGS=--tiny runs the same steps on the tiny models (tests/test_bench_all.py).
 set -u
 cd "$(dirname "$0")/.."
@@ -23,6 +25,19 @@ if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$OUT/machine.txt"
 fi
 "$PYTHON" -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'cudnn', torch.backends.cudnn.version())" | tee -a "$OUT/machine.txt"
+
+# The chat bench serves through the fleet's runtime, which needs a Redis. A lease's machine has no
+# redis-server: then fakeredis's TCP server (a carried wheel) stands in on a port of its own.
+redis_pid=
+if [ "${CHAT_DEADLINE:-540}" -gt 0 ] && [ -z "${REDIS_URL:-}" ] && ! command -v redis-server >/dev/null \
+   && "$PYTHON" -c "import fakeredis" 2>/dev/null; then
+  "$PYTHON" -c "from fakeredis import TcpFakeServer; TcpFakeServer(('127.0.0.1', 6399), server_type='redis').serve_forever()" &
+  redis_pid=$!
+  export REDIS_URL=redis://127.0.0.1:6399/0
+  echo "redis: fakeredis on 127.0.0.1:6399"
+fi
+trap '[ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null' EXIT
+
 run() {  # NAME DEADLINE_S ARGS...
   local name=$1 left=$(( $2 - ($(date +%s) - start) )); shift 2
   echo "== $name: $left s left"
@@ -33,10 +48,15 @@ run() {  # NAME DEADLINE_S ARGS...
   echo "rc=$? after $(( $(date +%s) - start )) s"
   grep '^|' "$OUT/$name/report.md" 2>/dev/null
 }
-# The defaults are what a next lease should measure first (the 2026-11-26 run used
-# SDXL_VARIANTS=worker,vae-bf16,cudnn,compile-regional and WAN_VARIANTS=worker,cache,vae-bf16,batched-guidance,compile).
-# The compiled UNet blocks go first: SDXL's batch-1 goal hangs on them, and their compile is the
-# one step that may not fit what is left of the deadline.
-run sdxl "${SDXL_DEADLINE:-330}" --only sdxl --variants "${SDXL_VARIANTS:-compile-regional,defaults,cache,fp8,compile}"
-run wan "${WAN_DEADLINE:-575}" --only wan --variants "${WAN_VARIANTS:-defaults,fp8,cache}"
+# Each bench measures its stock baseline first, then the variants in the order given. SDXL: CUDA
+# graphs first (batch 1 is launch-bound), then the compiled blocks with graphs (whose warm-up the
+# 2026-11-26 run could not finish: TORCH_LOGS writes each graph break and recompile to sdxl.log, and
+# each row's `warmup` has the seconds and graphs of every warm-up shape), then the shipped defaults.
+# WAN: the shipped defaults (the reference for pixel differences), images from graphs, then the
+# attention kernels. The 2026-11-26 run used SDXL_VARIANTS=worker,vae-bf16,cudnn,compile-regional and
+# WAN_VARIANTS=worker,cache,vae-bf16,batched-guidance,compile.
+TORCH_LOGS=${SDXL_TORCH_LOGS-recompiles,graph_breaks} \
+  run sdxl "${SDXL_DEADLINE:-200}" --only sdxl --variants "${SDXL_VARIANTS:-graphs,compile-regional-graphs,defaults}"
+run wan "${WAN_DEADLINE:-440}" --only wan --variants "${WAN_VARIANTS:-defaults,graphs,cudnn,sage,flash}"
+run chat "${CHAT_DEADLINE:-540}" --only chat
 echo "total $(( $(date +%s) - start )) s"

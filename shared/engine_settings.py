@@ -31,6 +31,9 @@ class SDXLSettings(BaseSettings):
                                    description="with SDXL_COMPILE: only the repeated transformer blocks (faster compile)")
     compile_backend: str = Field(default="inductor", description="torch.compile backend (tests use eager)")
     cudnn_benchmark: bool = Field(default=False, description="let cuDNN pick the fastest convolution per shape")
+    cuda_graphs: Literal["auto"] | bool = Field(
+        default=False, description="replay the UNet from CUDA graphs, one per shape, captured at the warm-up "
+                                   "(CUDA only; auto: on CUDA)")
     vae_dtype: Literal["auto", "model", "fp32", "bf16", "fp16"] = Field(
         default="auto", description="VAE decode precision; auto: bf16 on CUDA, else the model's (model: diffusers' "
                                     "own, which upcasts fp16 and bf16 to fp32)")
@@ -65,8 +68,13 @@ class WANSettings(BaseSettings):
         default="auto", description="torch.compile the transformer's repeated blocks; auto: on CUDA")
     compile_mode: str = Field(default="default", description="torch.compile mode")
     compile_backend: str = Field(default="inductor", description="torch.compile backend (tests use eager)")
-    batched_guidance: bool = Field(default=False,
-                                   description="conditional and unconditional passes in one batch (T2V models)")
+    batched_guidance: Literal["images"] | bool = Field(
+        default=False, description="conditional and unconditional passes in one batch (T2V models); images: "
+                                   "one-frame jobs only")
+    attention: Literal["sdpa", "cudnn", "flash", "sage"] = Field(
+        default="sdpa", description="self-attention kernel (workers/wan/attention.py); sage is approximate")
+    cuda_graphs: Literal["auto"] | bool = Field(
+        default=False, description="one-frame images replayed from CUDA graphs (CUDA only; auto: on CUDA)")
     vae_dtype: Literal["fp32", "bf16"] = Field(default="fp32", description="VAE decode precision")
     fp8: Literal["off", "weights", "dynamic"] = Field(
         default="off", description="FP8 transformer through torchao: dynamic (FP8 cards) or weights only")
@@ -109,6 +117,9 @@ class ChatSettings(BaseSettings):
     vllm_gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1,
                                                validation_alias="CHAT_VLLM_GPU_MEMORY_UTILIZATION")
     consume_queue: bool = Field(default=True, validation_alias="CHAT_CONSUME_QUEUE")
+    cuda_graphs: Literal["auto"] | bool = Field(
+        default=False, validation_alias="CHAT_CUDA_GRAPHS",
+        description="transformers backend: decoding steps from CUDA graphs over a static KV cache (auto: on CUDA)")
 
     def api_keys(self) -> list[str]:
         return [k.get_secret_value() for k in (self.chat_api_key, self.wan_api_key) if k and k.get_secret_value()]

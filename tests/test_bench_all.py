@@ -82,7 +82,7 @@ def test_a_variant_that_fails_leaves_its_error_and_the_next_variant_still_runs()
     assert rows[1]["variant"] == "fp8" and "FP8 GPU" in bench_all.markdown(rows[1:2], "CPU", 1.0, True, 1.0)
 
 
-def test_the_lease_script_runs_sdxl_then_wan_and_keeps_both_reports(tmp_path):
+def test_the_lease_script_runs_sdxl_wan_and_chat_and_keeps_each_report(tmp_path):
     """scripts/bench-gpu.sh (what made bench-reports/), on the tiny models and the CPU."""
     from shared.settings import REPO_ROOT
 
@@ -95,4 +95,6 @@ def test_the_lease_script_runs_sdxl_then_wan_and_keeps_both_reports(tmp_path):
         rows = json.loads((tmp_path / bench / "report.json").read_text())
         assert rows and all(row["bench"] == bench and "error" not in row for row in rows)
         assert {row["ours"]["name"] for row in rows} == {"worker"}
+    chat = json.loads((tmp_path / "chat" / "report.json").read_text())
+    assert chat and all(row["bench"] == "chat" and "error" not in row for row in chat)
     assert "torch" in (tmp_path / "machine.txt").read_text() and "| wan |" in done.stdout

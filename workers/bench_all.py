@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from shared.engine import NoStops
@@ -56,19 +57,41 @@ def _peak_gib(device: str) -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None
 
 
-def _measured(engine, module, batches: list[list[Generation]], device: str) -> tuple[float, float | None, float]:
-    """Wall seconds to run `batches` one after another; from the last one, ms per denoising step and
-    model FLOPs per step (counted afterwards, outside the timing)."""
+def _measured(engine, module, batches: list[list[Generation]], device: str
+              ) -> tuple[float, float | None, float, list]:
+    """Wall seconds to run `batches` one after another; from the last one, ms per denoising step,
+    model FLOPs per step (counted afterwards, outside the timing) and its results."""
     clock = StepClock(device)
     synchronize(device)
     started = time.perf_counter()
     for batch in batches[:-1]:
         engine.run(batch, NoStops())
     with CapturedCall(module) as calls:
-        engine.run(batches[-1], clock)
+        results = engine.run(batches[-1], clock)
     synchronize(device)
     seconds = time.perf_counter() - started
-    return seconds, clock.ms_per_step(), calls.flops() * calls.calls / max(len(clock.marks), 1)
+    return seconds, clock.ms_per_step(), calls.flops() * calls.calls / max(len(clock.marks), 1), results
+
+
+def pixel_difference(results, reference) -> dict[str, float] | None:
+    """Mean and largest |difference| of two runs' pixels, on a 0-1 scale (same jobs, same seeds)."""
+    if reference is None:
+        return None
+    ours, theirs = _pixels(results), _pixels(reference)
+    if ours is None or theirs is None or ours.shape != theirs.shape:
+        return None
+    delta = np.abs(ours - theirs)
+    return {"mean": round(float(delta.mean()), 5), "max": round(float(delta.max()), 4)}
+
+
+def _pixels(results) -> np.ndarray | None:
+    arrays = []
+    for result in results:
+        for output in getattr(result, "items", []):
+            data = getattr(output, "frames", None)
+            data = np.asarray(output.image if data is None else data)
+            arrays.append(data.astype(np.float32) / 255.0 if data.dtype == np.uint8 else data.astype(np.float32))
+    return np.stack(arrays) if arrays else None
 
 
 def _guarded(bench: str, device: str, name: str, label: str, rows: Iterator[dict]) -> Iterator[dict]:
@@ -125,6 +148,10 @@ def sdxl_variants(device: str) -> dict[str, tuple[str, dict]]:
         variants["compile"] = ("worker + compiled UNet and VAE decoder", {**off, "compile": True, "compile_vae": True})
         variants["fp8"] = ("worker + FP8 UNet (dynamic, torchao)", {**off, "fp8": "dynamic"})
         variants["defaults"] = ("worker, shipped defaults", {})
+        # On top of the shipped defaults: what a batch-1 job waits for is launches, then kernels.
+        variants["graphs"] = ("defaults + CUDA graphs", {"cuda_graphs": True})
+        variants["compile-regional-graphs"] = ("defaults + compiled UNet blocks + CUDA graphs",
+                                               {"cuda_graphs": True, "compile": True, "compile_regional": True})
     return variants
 
 
@@ -139,7 +166,16 @@ def wan_variants(device: str) -> dict[str, tuple[str, dict, bool]]:
         variants["compile"] = ("worker + compiled blocks", {**off, "compile": True}, False)
         variants["fp8"] = ("worker + FP8 transformer (dynamic, torchao)", {**off, "fp8": "dynamic"}, False)
         variants["defaults"] = ("worker, shipped defaults", {}, False)
+        variants["graphs"] = ("defaults + images batched and from CUDA graphs",
+                              {"cuda_graphs": True, "batched_guidance": "images"}, False)
+        for kernel in ("cudnn", "flash", "sage"):  # WAN_ATTENTION, on top of the shipped defaults
+            variants[kernel] = (f"defaults + {kernel} attention", {"attention": kernel}, False)
     return variants
+
+
+# Which media a WAN variant measures: the image-only switches an image, the rest a clip; worker and
+# defaults both, as the baselines the others are compared with.
+WAN_MEDIA = {"worker": ("video", "image"), "defaults": ("video", "image"), "graphs": ("image",)}
 
 
 def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
@@ -157,6 +193,7 @@ def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
     baseline = _time_baseline(factory(model, None, dtype).to(device), work, device)
     _free(device)
     variants = sdxl_variants(device)
+    reference: dict[str, list] = {}  # mode -> the first exact variant's images, which the others are compared with
 
     def measure(label: str, switches: dict) -> Iterator[dict]:
         jobs_here = [replace(job, step_cache=True) for job in work] if switches.get("cache") else work
@@ -168,14 +205,19 @@ def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
         ready = time.perf_counter() - begun
         for mode, batches in (("one job at a time", [[job] for job in jobs_here]),
                               ("batched across jobs", [jobs_here[i:i + batch] for i in range(0, jobs, batch)])):
-            seconds, ms, flops = _measured(engine, engine.pipe.unet, batches, device)
+            seconds, ms, flops, results = _measured(engine, engine.pipe.unet, batches, device)
             seconds /= jobs
+            exact = not (switches.get("cache", "none") != "none" or switches.get("fp8", "off") != "off")
+            difference = pixel_difference(results, reference.get(mode))
+            if exact and mode not in reference:
+                reference[mode] = results
             settings = {"size": f"{size}x{size}", "steps": steps, "jobs": jobs, "batch": len(batches[0]), "mode": mode,
                         "dtype": str(dtype).removeprefix("torch."), "switches": switches}
             yield _row("sdxl", name, settings, ("diffusers default, one job per call", baseline),
                        (label, seconds), "seconds_per_image", "lower", ms_per_step=_round(ms),
                        mfu=_round(utilisation(flops, ms, peak), 4), images_per_second=round(1 / seconds, 3),
-                       ready_s=round(ready, 1), peak_gib=_peak_gib(device))
+                       ready_s=round(ready, 1), peak_gib=_peak_gib(device), pixel_difference=difference,
+                       warmup=getattr(engine, "warmup_report", None))
 
     for key in chosen(asked, variants):
         label, switches = variants[key]
@@ -202,22 +244,28 @@ def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs
                               steps)
     _free(device)
     variants = wan_variants(device)
+    reference: dict[str, list] = {}  # media -> the first exact variant's frames, which the others are compared with
 
     def measure(key: str, label: str, switches: dict, cached: bool) -> Iterator[dict]:
         begun = time.perf_counter()
         engine = WANEngine(folder, WANSettings(warmup=False, **switches))
         engine.setup(device)
-        for media in ("video", "image") if key == "worker" else ("video",):
+        for media in WAN_MEDIA.get(key, ("video",)):
             item = job(media, cached)
             engine.run(_short([item]), NoStops())  # warm-up (and compile)
             ready = time.perf_counter() - begun
             begun = time.perf_counter()  # an image after the video: its own warm-up alone
-            seconds, ms, flops = _measured(engine, engine.pipe.transformer, [[item]], device)
+            seconds, ms, flops, results = _measured(engine, engine.pipe.transformer, [[item]], device)
+            exact = not (cached or switches.get("fp8", "off") != "off" or switches.get("attention") == "sage")
+            difference = pixel_difference(results, reference.get(media))
+            if exact and media not in reference:
+                reference[media] = results
             settings = {"size": f"{width}x{height}", "frames": item.frames, "steps": steps, "media": media,
                         "dtype": str(dtype).removeprefix("torch."), "switches": switches}
             yield _row("wan", name, settings, ("diffusers default", baseline[media]), (label, seconds),
                        "seconds_per_job", "lower", ms_per_step=_round(ms),
-                       mfu=_round(utilisation(flops, ms, peak), 4), ready_s=round(ready, 1), peak_gib=_peak_gib(device))
+                       mfu=_round(utilisation(flops, ms, peak), 4), ready_s=round(ready, 1), peak_gib=_peak_gib(device),
+                       pixel_difference=difference, compiled=engine.compiled)
 
     for key in chosen(asked, variants):
         label, switches, cached = variants[key]
@@ -231,21 +279,26 @@ def chat_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
     from workers.chat.bench import run_chat_bench
     from workers.chat.tiny import make_tiny_chat
 
+    # Full size: 7B on a GPU in a lease's minutes, so 4 requests one at a time and a 256-token long request.
     if tiny:
-        model, random, tokens, concurrency, long = str(make_tiny_chat(tmp / "chat")), False, 32, (16, 64), 256
+        model, random, tokens, concurrency, long, alone = str(make_tiny_chat(tmp / "chat")), False, 32, (16, 64), 256, 16
     else:
-        model, random, tokens, concurrency, long = str(configs / "qwen2.5-7b-instruct"), True, 64, (16,), 512
+        model, random, tokens, concurrency, long, alone = str(configs / "qwen2.5-7b-instruct"), True, 64, (16, 64), 256, 4
     backends = ["transformers"]
     if device.startswith("cuda") and importlib.util.find_spec("vllm") is not None:
         backends.append("vllm")
     rows, single = [], {}
     for backend in backends:
+        # On CUDA the decoding steps replay from CUDA graphs (CHAT_CUDA_GRAPHS); the eager decoder's
+        # figures are transformers.generate's rows, on the same batches.
+        graphs = backend == "transformers" and device.startswith("cuda")
         report = run_chat_bench(model, device=device, max_tokens=tokens, random_weights=random, backend=backend,
-                                concurrency=concurrency, long_tokens=long)
+                                concurrency=concurrency, long_tokens=long, one_at_a_time=alone, cuda_graphs=graphs)
         serving = report["serving"]
         one = serving["one_at_a_time"]["tokens_per_second"]
         single[backend] = serving
-        base = {"model": report["model"], "dtype": report["dtype"], "max_tokens": tokens, "backend": backend}
+        base = {"model": report["model"], "dtype": report["dtype"], "max_tokens": tokens, "backend": backend,
+                "cuda_graphs": graphs}
         for n, burst in serving["concurrent"].items():
             rows.append(_row("chat", name, {**base, "concurrent": n}, ("one request at a time", one),
                              (f"{n} concurrent, continuous batching", burst["tokens_per_second"]), "tokens_per_second",
@@ -351,18 +404,21 @@ def markdown(rows: list[dict], device: str, peak: float, tiny: bool, seconds: fl
     lines = [f"# ourvidz-worker bench all: {device}, {'tiny models' if tiny else 'full-size random weights'}",
              "", f"Measured peak (matmul, {'bf16' if device != 'CPU' else 'fp32'}): {peak:.2f} TFLOP/s. "
              f"Whole run: {seconds:.0f} s. Ratio = ours / baseline of each row's metric.", "",
-             "| bench | settings | baseline | ours | ratio | ms/step | MFU |", "|---|---|---|---|---|---|---|"]
+             "| bench | settings | baseline | ours | ratio | ms/step | MFU | ready s | pixels vs exact (mean/max) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['bench']} | {r.get('variant', '')} | | error: {r['error'][:160]} | | | |")
+            lines.append(f"| {r['bench']} | {r.get('variant', '')} | | error: {r['error'][:160]} | | | | | |")
             continue
         metric = r["metric"]
         settings = ", ".join(f"{k} {v}" for k, v in r["settings"].items() if k != "switches" and v not in (None, {}))
         ours = r["ours"]
         mfu = f"{ours['mfu'] * 100:.2f}%" if ours.get("mfu") is not None else ""
+        delta = ours.get("pixel_difference") or {}
+        pixels = f"{delta['mean']:g} / {delta['max']:g}" if delta else ""
         lines.append(f"| {r['bench']} | {settings} | {r['baseline']['name']}: {r['baseline'][metric]:g} | "
                      f"{ours['name']}: {ours[metric]:g} | {r['ratio']} ({r['better']} is better) | "
-                     f"{ours.get('ms_per_step') or ''} | {mfu} |")
+                     f"{ours.get('ms_per_step') or ''} | {mfu} | {ours.get('ready_s', '')} | {pixels} |")
     return "\n".join(lines) + "\n"
 
 

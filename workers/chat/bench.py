@@ -109,7 +109,8 @@ def _callers(url: str, steps: list[dict]) -> list[dict]:
     return json.loads(done.stdout)
 
 
-def serving(engine, settings, max_tokens: int, concurrency: list[int], long_tokens: int) -> dict[str, Any]:
+def serving(engine, settings, max_tokens: int, concurrency: list[int], long_tokens: int,
+            one_at_a_time: int = 16) -> dict[str, Any]:
     worker, thread = _serve(engine, settings)
     try:
         url = f"http://127.0.0.1:{worker.http.port}"
@@ -121,7 +122,7 @@ def serving(engine, settings, max_tokens: int, concurrency: list[int], long_toke
 
         short, long = body(1, 4), body(2, long_tokens)
         steps = [{"op": "sequential", "n": 3, "body": body(0, max_tokens)},  # warm-up, not reported
-                 {"op": "sequential", "n": 16, "body": body(0, max_tokens)},
+                 {"op": "sequential", "n": one_at_a_time, "body": body(0, max_tokens)},
                  *[{"op": "concurrent", "n": n, "body": body(0, max_tokens)} for n in concurrency],
                  {"op": "sequential", "n": 5, "body": short},
                  {"op": "beside", "long": long, "short": short, "delay": 0.5},
@@ -157,26 +158,27 @@ def _probe_while_busy(url: str, long: dict, callers: int = 16) -> dict[str, Any]
 
 def run_chat_bench(model: str, device: str = "cuda", max_tokens: int = 64, random_weights: bool = False,
                    dtype: str = "auto", backend: str = "transformers", concurrency: tuple[int, ...] = (16, 64),
-                   long_tokens: int = 512, compare_rows: int = 16) -> dict[str, Any]:
+                   long_tokens: int = 512, compare_rows: int = 16, one_at_a_time: int = 16,
+                   cuda_graphs: bool = False) -> dict[str, Any]:
     from shared.engine_settings import ChatSettings
     from shared.gpu import resolve_dtype
     from shared.settings import Settings
     from workers.chat.engine import ChatEngine
 
     chat = ChatSettings(chat_api_key=BENCH_KEY, max_batch=max(concurrency), batch_wait_ms=0, consume_queue=False,
-                        backend=backend, dtype=dtype)
+                        backend=backend, dtype=dtype, cuda_graphs=cuda_graphs)
     settings = Settings(chat=chat, worker_id=f"bench-chat-{os.getpid()}")
     engine = ChatEngine(model, chat, random_weights=random_weights)
     name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "CPU"
-    report: dict[str, Any] = {"device": name, "backend": backend,
+    report: dict[str, Any] = {"device": name, "backend": backend, "cuda_graphs": cuda_graphs,
                               "model": ("random weights from " if random_weights else "") + model,
                               "dtype": str(resolve_dtype(dtype, device)).removeprefix("torch."),
                               "max_tokens": max_tokens}
-    report["serving"] = serving(engine, settings, max_tokens, list(concurrency), long_tokens)
+    report["serving"] = serving(engine, settings, max_tokens, list(concurrency), long_tokens, one_at_a_time)
     if engine.backend == "transformers":
         generator = engine.models["qwen_instruct"].generator
-        report["versus_transformers"] = [versus_transformers(generator, compare_rows, max_tokens, length)
-                                         for length in (0, 350)]
+        report["versus_transformers"] = [versus_transformers(generator, rows, max_tokens, length)
+                                         for rows, length in ((1, 0), (compare_rows, 0), (compare_rows, 350))]
     report["goals"] = _goals(report)
     report["table"] = _table(report)
     return report

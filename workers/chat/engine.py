@@ -23,6 +23,7 @@ from shared.errors import JobError
 from shared.gpu import resolve_dtype
 from shared.logging import get_logger
 from workers.chat.generator import Request, TextGenerator
+from workers.chat.graphed_decode import decode_graphs_on
 
 log = get_logger(component="chat")
 
@@ -115,7 +116,8 @@ class ChatEngine(Engine):
             model = model.to(self.device).eval()
         log.info("model_loaded", model=name, backend="transformers",
                  parameters=sum(p.numel() for p in model.parameters()))
-        return LoadedModel(name, tokenizer, TextGenerator(model, tokenizer, self.device, self.config.max_context_tokens))
+        return LoadedModel(name, tokenizer, TextGenerator(model, tokenizer, self.device, self.config.max_context_tokens,
+                                                          cuda_graphs=decode_graphs_on(self.config, self.device)))
 
     def batch_key(self, item: ChatInput) -> Hashable:
         return item.model  # one model per generate call

@@ -81,7 +81,8 @@ class _Row:
 
 
 class TextGenerator:
-    def __init__(self, model, tokenizer, device: str, max_context: int | None = None):
+    def __init__(self, model, tokenizer, device: str, max_context: int | None = None, cuda_graphs: bool = False,
+                 decoder=None):
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
@@ -97,6 +98,12 @@ class TextGenerator:
         self.rows: list[_Row] = []  # decoding, in the batch's row order
         self.joining: list[_Row] = []  # prefilled at the next step
         self.cache = self.mask = self.next_position = self.last = None
+        # CHAT_CUDA_GRAPHS: decoding steps from CUDA graphs over a static cache (workers/chat/graphed_decode.py)
+        if decoder is None and cuda_graphs:
+            from workers.chat.graphed_decode import GraphedDecoder
+
+            decoder = GraphedDecoder(model, device, self._cache_arg)
+        self.decoder = decoder
 
     @property
     def active(self) -> int:
@@ -119,6 +126,8 @@ class TextGenerator:
 
     def reset(self) -> None:
         """Forget every row (after an error in a step the batch state is not to be trusted)."""
+        if self.decoder is not None:
+            self.decoder.active = None
         self.rows, self.joining = [], []
         self.cache = self.mask = self.next_position = self.last = None
         self.sampler.keep([])
@@ -126,13 +135,21 @@ class TextGenerator:
     @torch.inference_mode()
     def step(self) -> list[Update]:
         logits = []
-        if self.rows:
+        if self.rows and self.decoder is not None:
+            if self.decoder.full():  # the slab's columns are used up: into a longer one
+                self._settle()
+            if not self.decoder.holding:
+                self.decoder.load(self.cache, self.mask)
+            logits.append(self.decoder.step(self.last, self.next_position))
+            self.next_position = self.next_position + 1
+        elif self.rows:
             self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
             self.cache, step_logits = self._forward(input_ids=self.last[:, None], attention_mask=self.mask,
                                                     position_ids=self.next_position[:, None], cache=self.cache)
             self.next_position = self.next_position + 1
             logits.append(step_logits)
         if self.joining:
+            self._settle()
             joining, self.joining = self.joining, []
             logits.append(self._prefill(joining))
             self.rows += joining
@@ -207,8 +224,14 @@ class TextGenerator:
             mine.values = torch.cat([F.pad(mine.values, (0, 0, old, 0)), F.pad(theirs.values, (0, 0, new, 0))])
         self.mask = torch.cat([F.pad(self.mask, (old, 0)), F.pad(mask, (new, 0))])
 
+    def _settle(self) -> None:
+        """Before the rows change: the cache back from the graphed decoder's slab, if it holds it."""
+        if self.decoder is not None and self.decoder.holding:
+            self.mask = self.decoder.settle(self.cache)
+
     def _keep(self, index: list[int]) -> None:
         """Keep these rows (by position); trim padding columns that no remaining row needs."""
+        self._settle()
         self.rows = [self.rows[i] for i in index]
         self.sampler.keep(index)
         if not index:

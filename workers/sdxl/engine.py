@@ -11,6 +11,7 @@ The same cut makes out-of-memory recovery simple: halve the images per call and 
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Hashable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -25,11 +26,15 @@ from shared.engine_settings import SDXLSettings
 from shared.errors import JobError
 from shared.gpu import resolve_dtype
 from shared.inputs import Generated, Generation, ImageOutput
-from workers.compile_watch import compiles_logged, warm_up_logged
+from shared.logging import get_logger
+from workers.compile_watch import compiles_logged, graphs_compiled, warm_up_logged
+from workers.cuda_graphs import GraphedForward
 from workers.sdxl.prompts import PromptEmbeddings, PromptEncoder
 from workers.sdxl.schedulers import make_scheduler
-from workers.sdxl.speed import apply_switches, warmup_sizes
+from workers.sdxl.speed import apply_switches, graphs_on, warmup_sizes
 from workers.sdxl.step_cache import DeepCache
+
+log = get_logger(component="sdxl")
 
 
 @dataclass
@@ -100,6 +105,7 @@ class SDXLEngine(Engine):
                              "follow: set SDXL_COMPILE_REGIONAL=true or SDXL_CACHE=none")
         apply_switches(pipe, self.config, device)  # compile, cuDNN autotuning, VAE precision (workers/sdxl/speed.py)
         self.img2img.unet, self.img2img.vae = pipe.unet, pipe.vae  # compiling may have replaced them
+        self.unet_graphs = GraphedForward(pipe.unet, device=device) if graphs_on(self.config, device) else None
         self.pipe = pipe
         self.encoder = PromptEncoder(pipe, device)
         self._base_scheduler_config = dict(pipe.scheduler.config)
@@ -110,8 +116,14 @@ class SDXLEngine(Engine):
     def _warm_up(self) -> None:
         embeddings = self.encoder.encode("warm up", "", use_compel=False)
         image = _Image(item=None, index=0, seed=0, embeddings=embeddings, reference=None)  # type: ignore[arg-type]
+        self.warmup_report = []  # per shape: seconds and graphs compiled (what a slow compile spent its time on)
         for width, height, batch, guidance in warmup_sizes(self.config, self.device):
+            before, started = graphs_compiled(), time.monotonic()
             self._call_pipeline([image] * batch, "txt2img", width, height, 2, guidance, "euler", None)
+            shape = {"shape": f"{width}x{height}x{batch}", "guidance": guidance,
+                     "seconds": round(time.monotonic() - started, 1), "graphs": graphs_compiled() - before}
+            self.warmup_report.append(shape)
+            log.info("sdxl_warmup_shape", **shape)
 
     def batch_key(self, item: Generation) -> Hashable | None:
         denoise = item.denoise_strength if item.pipeline == "img2img" else None
@@ -211,7 +223,8 @@ class SDXLEngine(Engine):
         else:
             kwargs.update(width=width, height=height)
         cached = self.config.cache == "deep" and all(im.item is not None and im.item.step_cache for im in images)
-        with torch.inference_mode(), DeepCache(pipe.unet, self.config.cache_interval) if cached else nullcontext():
+        speedup = DeepCache(pipe.unet, self.config.cache_interval) if cached else self.unet_graphs or nullcontext()
+        with torch.inference_mode(), speedup:
             return pipe(**kwargs).images
 
 

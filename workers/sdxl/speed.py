@@ -4,6 +4,10 @@
   blocks, which compiles much faster) and with `SDXL_COMPILE_VAE` the VAE decoder, shape-dynamic,
   then warmed up at every size the presets serve, so no job pays for a compile.
   `SDXL_COMPILE_MODE=reduce-overhead` adds CUDA graphs. Exact math (within float error).
+- `SDXL_CUDA_GRAPHS`: the UNet replayed from a CUDA graph per shape (workers/cuda_graphs.py),
+  captured at the warm-up for every served size: at batch 1 a 1024² step is launch-bound (the
+  H200 ran it at 65 ms against ~25 ms of math). Exact. Not with a whole-UNet compile (use its own
+  `reduce-overhead` mode) nor for DeepCache's steps, which change what runs per step.
 - `SDXL_CUDNN_BENCHMARK`: cuDNN times its convolution algorithms per shape and keeps the fastest.
   Exact math.
 - `SDXL_VAE_DTYPE=bf16` (the default on CUDA: 1.95 s an image against 2.51 with diffusers' float32
@@ -30,6 +34,17 @@ def vae_dtype(config: SDXLSettings, device: str) -> str:
     if config.vae_dtype == "auto":
         return "bf16" if device.startswith("cuda") else "model"
     return config.vae_dtype
+
+
+def graphs_on(config: SDXLSettings, device: str) -> bool:
+    """`SDXL_CUDA_GRAPHS`: `auto` means on CUDA. Refused off CUDA and with a whole-UNet compile."""
+    wanted = device.startswith("cuda") if config.cuda_graphs == "auto" else bool(config.cuda_graphs)
+    if wanted and not device.startswith("cuda"):
+        raise ValueError(f"SDXL_CUDA_GRAPHS=true needs a CUDA GPU, and this worker runs on {device}")
+    if wanted and config.compile and not config.compile_regional:
+        raise ValueError("SDXL_CUDA_GRAPHS with a whole-UNet SDXL_COMPILE: use SDXL_COMPILE_MODE=reduce-overhead "
+                         "(torch.compile's own CUDA graphs) or SDXL_COMPILE_REGIONAL=true")
+    return wanted
 
 
 def apply_switches(pipe, config: SDXLSettings, device: str) -> None:
@@ -74,8 +89,8 @@ def warmup_sizes(config: SDXLSettings, device: str, sizes=SERVED_SIZES) -> list[
     exact-copy jobs do (a UNet batch of 1); then a batch of 2, because a convolution's choice of
     kernel can fix the first call's batch size in the VAE decoder's graph (the CPU's does). The
     rest then compile nothing (tests/test_compile_warmup.py counts the graphs).
-    Not compiled: one small call that loads the kernels."""
-    if not config.compile or not device.startswith("cuda"):
+    With CUDA graphs the same shapes are captured. Otherwise: one small call that loads the kernels."""
+    if not (config.compile or graphs_on(config, device)) or not device.startswith("cuda"):
         side = 1024 if device.startswith("cuda") else 64
         return [(side, side, 1, 5.0)]
     wide = max(sizes, key=lambda size: size[0] / size[1])

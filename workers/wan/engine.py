@@ -9,6 +9,7 @@ prompts before an input reaches it.
 from __future__ import annotations
 
 import gc
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +23,15 @@ from shared.gpu import resolve_dtype, usable_memory_bytes
 from shared.inputs import Generated, Generation, ImageOutput, VideoOutput
 from shared.logging import get_logger
 from workers.compile_watch import compiles_logged, warm_up_logged
+from workers.cuda_graphs import GraphedForward
 from workers.wan.solvers import make_solver
 from workers.wan.speed import (
     BatchedGuidance,
     apply_switches,
+    batches_guidance,
     compiles,
     encoder_placement,
+    graphs_on,
     module_bytes,
     uncompile,
     warmup_shapes,
@@ -71,6 +75,7 @@ class WANEngine(Engine):
         if self.text_encoder_device == "cpu":
             pipe.text_encoder.to("cpu", dtype=torch.float32)  # saves ~11 GB of GPU memory on the real model
         pipe.set_progress_bar_config(disable=True)
+        self.image_graphs = GraphedForward(pipe.transformer, device=device) if graphs_on(self.config, device) else None
         apply_switches(pipe, self.config, device)
         self._base_scheduler_config = dict(pipe.scheduler.config)
         self.pipe = pipe
@@ -97,7 +102,7 @@ class WANEngine(Engine):
     def _warm_up(self) -> None:
         try:
             positions = getattr(self.pipe.transformer.config, "rope_max_seq_len", 1024)
-            shapes = warmup_shapes(self.compiled, positions, self.config.batched_guidance)
+            shapes = warmup_shapes(self.compiled, positions, self.config.batched_guidance, self.image_graphs is not None)
             for width, height, frames, guidance in shapes:
                 warm = Generation(id="warm-up", media="video" if frames > 1 else "image", prompt="warm up",
                                   negative_prompt="", width=width, height=height, steps=2, guidance_scale=guidance,
@@ -112,6 +117,8 @@ class WANEngine(Engine):
             log.warning("wan_compile_failed", error=f"{type(exc).__name__}: {str(exc)[:300]}", fallback="eager")
             uncompile(self.pipe.transformer)
             self.compiled = False
+            if self.image_graphs is not None:  # graphs recorded around the failed compile go too
+                self.image_graphs = GraphedForward(self.pipe.transformer, device=self.device)
             self._warm_up()
 
     # -------------------------------------------------------------------------- the GPU
@@ -165,8 +172,11 @@ class WANEngine(Engine):
         self._set_cache(cached)
         # Both guidance passes in one batch: exact math, so not with the (approximate) step cache,
         # and only where the pipeline's calls alternate prompt / negative prompt (T2V).
-        batched = (self.config.batched_guidance and item.guidance_scale > 1 and not cached
+        batched = (batches_guidance(self.config, item.frames) and item.guidance_scale > 1 and not cached
                    and not self.supports_reference_frames)
+        # One-frame images replay the transformer from CUDA graphs (exact; not with the step cache,
+        # whose hooks decide per step what runs).
+        graphs = self.image_graphs if item.frames == 1 and not cached else None
         kwargs = dict(height=item.height, width=item.width, num_frames=item.frames,
                       num_inference_steps=item.steps, guidance_scale=item.guidance_scale, output_type="np",
                       generator=torch.Generator("cpu").manual_seed(seed))
@@ -187,7 +197,7 @@ class WANEngine(Engine):
         if self.supports_reference_frames:
             kwargs.update(_vace_inputs(item.reference_mode, list(item.reference_frames), item.width, item.height,
                                        item.frames))
-        with torch.inference_mode():
+        with torch.inference_mode(), graphs or nullcontext():
             if batched:
                 with BatchedGuidance(pipe.transformer, kwargs["negative_prompt_embeds"]):
                     return pipe(**kwargs).frames[0]

@@ -9,6 +9,10 @@
   the prompt and once with the negative prompt; diffusers' WanPipeline makes two calls. This runs
   both as one batch of two (more arithmetic per kernel launch, half the weight reads), at the cost
   of the activations of a second sample. Exact math (equal within float error). T2V models only.
+  `images`: one-frame jobs only, whose calls are too small to fill the GPU on their own.
+- `WAN_ATTENTION=sdpa|cudnn|flash|sage`: the self-attention kernel (workers/wan/attention.py).
+- `WAN_CUDA_GRAPHS`: one-frame images replay each transformer call from a CUDA graph
+  (workers/cuda_graphs.py): an image's call is ~1,560 tokens, so its step is launch-bound. Exact.
 - `WAN_VAE_DTYPE=bf16`: decode in bfloat16 instead of float32. Approximate (see README's bound).
 - `WAN_CACHE=first_block` for the presets in `WAN_CACHE_PRESETS`: diffusers' first-block cache.
   Approximate.
@@ -21,6 +25,7 @@ import torch
 
 from shared.engine_settings import WANSettings
 from workers.fp8 import quantize_fp8
+from workers.wan.attention import apply_attention
 
 
 def compiles(config: WANSettings, device: str) -> bool:
@@ -28,10 +33,24 @@ def compiles(config: WANSettings, device: str) -> bool:
     return device.startswith("cuda") if config.compile == "auto" else bool(config.compile)
 
 
+def graphs_on(config: WANSettings, device: str) -> bool:
+    """`WAN_CUDA_GRAPHS`: `auto` means on CUDA; never off CUDA, where there are no graphs."""
+    wanted = device.startswith("cuda") if config.cuda_graphs == "auto" else bool(config.cuda_graphs)
+    if wanted and not device.startswith("cuda"):
+        raise ValueError(f"WAN_CUDA_GRAPHS=true needs a CUDA GPU, and this worker runs on {device}")
+    return wanted
+
+
+def batches_guidance(config: WANSettings, frames: int) -> bool:
+    """Whether a job of `frames` frames runs both guidance passes as one batch (WAN_BATCHED_GUIDANCE)."""
+    return config.batched_guidance is True or (config.batched_guidance == "images" and frames == 1)
+
+
 def apply_switches(pipe, config: WANSettings, device: str) -> None:
     """At setup: the switches that change the loaded modules."""
     if config.vae_dtype == "bf16":
         pipe.vae.to(torch.bfloat16)
+    apply_attention(pipe.transformer, config.attention, device)  # before compiling, which traces the kernel
     quantize_fp8(pipe.transformer, config.fp8, device)  # before compiling, which then traces the FP8 layers
     if compiles(config, device):
         pipe.transformer.compile_repeated_blocks(mode=config.compile_mode, backend=config.compile_backend,
@@ -51,21 +70,22 @@ PRESET_SHAPES = ((480, 832, 1), (480, 832, 81))
 SMALL_SHAPES = ((64, 64, 1), (64, 64, 5))
 
 
-def warmup_shapes(compiled: bool, max_positions: int, batched_guidance: bool = False
-                  ) -> list[tuple[int, int, int, float]]:
+def warmup_shapes(compiled: bool, max_positions: int, batched_guidance: bool | str = False,
+                  image_graphs: bool = False) -> list[tuple[int, int, int, float]]:
     """(width, height, frames, guidance) to run before ready. Compiled: an image and a clip (one
     frame is a graph of its own; the clip's covers every other length and size), at the presets'
     size where the model's position table (`max_positions` per axis) reaches, else small. With
     batched guidance the blocks see a batch of 2, and a job without guidance (guidance 1) a batch
-    of 1, a graph of its own: both are warmed up. Eager: one tiny image that loads the kernels."""
-    if not compiled:
-        return [(32, 32, 1, 5.0)]
+    of 1, a graph of its own: both are warmed up. With CUDA graphs for images, the presets' image
+    is captured before ready. Eager: one tiny image that loads the kernels."""
 
     def fits(width: int, height: int, frames: int) -> bool:  # 8x VAE, 2x2 patches; 4 frames a latent
         return max(width, height) // 16 <= max_positions and (frames - 1) // 4 + 1 <= max_positions
 
     shapes = [shape if fits(*shape) else small for shape, small in zip(PRESET_SHAPES, SMALL_SHAPES, strict=True)]
-    guidances = (5.0, 1.0) if batched_guidance else (5.0,)
+    if not compiled:
+        return [(*shapes[0], 5.0)] if image_graphs else [(32, 32, 1, 5.0)]
+    guidances = (5.0, 1.0) if batched_guidance is True else (5.0,)
     return [(*shape, guidance) for guidance in guidances for shape in shapes]
 
 
@@ -103,11 +123,15 @@ class BatchedGuidance:
 
     def __enter__(self) -> BatchedGuidance:
         self.original = self.transformer.forward
+        self.installed_before = self.transformer.__dict__.get("forward")  # CUDA graphs, say
         self.transformer.forward = self._forward
         return self
 
     def __exit__(self, *exc) -> None:
-        del self.transformer.forward  # back to the class's own forward
+        if self.installed_before is None:
+            del self.transformer.forward  # back to the class's own forward
+        else:
+            self.transformer.forward = self.installed_before
         self.kept = None
 
     def _forward(self, hidden_states, timestep, encoder_hidden_states, *args, return_dict: bool = True, **kwargs):

@@ -1,0 +1,137 @@
+"""A module's forward replayed from CUDA graphs: one graph per input signature, captured on first use.
+
+Why: at small work per call (an SDXL image at batch 1, a one-frame WAN image) the GPU finishes
+each kernel before Python has launched the next, so a step costs the launches, not the math. A
+CUDA graph records every kernel of one forward once and replays them with one launch. Same
+kernels, same order: the output is the eager output (tests/test_cuda_graphs.py and the GPU
+bench compare them).
+
+How: the call's tensors are copied into static buffers the graph was recorded on, the graph is
+replayed, and its outputs are cloned before anything else runs (so a later replay, or another
+graph sharing the memory pool, cannot overwrite what the caller holds). A signature is every
+tensor's shape, dtype and device plus every other argument's value: another shape is another
+graph, and an argument that is neither a tensor nor a plain value (an object such as a KV cache
+may hold tensors that change under the graph), or a call with gradients on, runs eagerly. All graphs
+of one module share one memory pool: they are never replayed at the same time, so the pool is as
+large as the largest forward, not their sum.
+
+CPU tests replace the capture (`capture=`) with a stand-in that reruns the forward on the static
+buffers: that checks the keying, the copies and the fallbacks; the graphs themselves run only on
+a GPU (the bench's pixel difference against eager).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from shared.logging import get_logger
+
+log = get_logger(component="cuda_graphs")
+
+Capture = Callable[[Callable[[], Any], Any], Callable[[], None]]
+
+
+def cuda_capture(run: Callable[[], Any], pool) -> tuple[Callable[[], None], Any]:
+    """Records `run` (after two eager runs on a side stream, which load kernels and settle the
+    allocator) into a CUDA graph; returns (replay, outputs the graph writes)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            run()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    # thread_local: a delivery thread's CUDA call during the capture is not this capture's business
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        outputs = run()
+    return graph.replay, outputs
+
+
+class GraphedForward:
+    """`with GraphedForward(module):` or `.install()` / `.remove()`: the module's forward answers
+    from graphs while installed; the graphs are kept across installs (capture once per shape)."""
+
+    def __init__(self, module: torch.nn.Module, max_graphs: int = 32, capture: Capture | None = None,
+                 device: str = "cuda"):
+        self.module, self.max_graphs, self.device = module, max_graphs, device
+        self._capture = capture or cuda_capture
+        self._pool = torch.cuda.graph_pool_handle() if capture is None else None
+        self.graphs: dict[Any, tuple[Callable[[], None], list[torch.Tensor], Any]] = {}
+        self.replays = self.eager_calls = 0
+        self._original: Callable | None = None
+        self._full_logged = False
+
+    def install(self) -> GraphedForward:
+        if self._original is None:
+            self._original = self.module.forward
+            self.module.forward = self
+        return self
+
+    def remove(self) -> None:
+        if self._original is not None:
+            if self.module.__dict__.get("forward") is self:
+                del self.module.forward  # back to the class's own forward
+            self._original = None
+
+    __enter__ = install
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def __call__(self, *args, **kwargs):
+        original = self._original
+        assert original is not None, "GraphedForward called while not installed"
+        leaves, spec = tree_flatten((args, kwargs))
+        key = self._signature(leaves, spec)
+        if key is None or torch.is_grad_enabled():
+            self.eager_calls += 1
+            return original(*args, **kwargs)
+        entry = self.graphs.get(key)
+        if entry is None:
+            if len(self.graphs) >= self.max_graphs:
+                if not self._full_logged:
+                    log.warning("cuda_graphs_full", graphs=len(self.graphs), hint="further shapes run eagerly")
+                    self._full_logged = True
+                self.eager_calls += 1
+                return original(*args, **kwargs)
+            entry = self._record(original, leaves, spec)
+            self.graphs[key] = entry
+        replay, static, outputs = entry
+        for buffer, leaf in zip(static, (leaf for leaf in leaves if torch.is_tensor(leaf)), strict=True):
+            buffer.copy_(leaf)
+        replay()
+        self.replays += 1
+        out_leaves, out_spec = tree_flatten(outputs)
+        return tree_unflatten([leaf.clone() if torch.is_tensor(leaf) else leaf for leaf in out_leaves], out_spec)
+
+    def _signature(self, leaves: list, spec) -> tuple | None:
+        parts: list = [str(spec)]
+        for leaf in leaves:
+            if torch.is_tensor(leaf):
+                parts.append((tuple(leaf.shape), leaf.dtype, str(leaf.device)))
+            elif leaf is None or isinstance(leaf, (bool, int, float, str, torch.dtype)):
+                parts.append(leaf)
+            else:  # an object (a KV cache, say) may hold tensors the graph would not see change
+                return None
+        return tuple(parts)
+
+    def _record(self, original: Callable, leaves: list, spec):
+        # Static buffers on the module's device: a CPU tensor (a 0-d timestep, say) would otherwise be
+        # copied host-to-device inside the graph from memory the graph does not own.
+        static, call_leaves = [], []
+        for leaf in leaves:
+            if torch.is_tensor(leaf):
+                buffer = leaf.detach().to(self.device if leaf.device.type == "cpu" else leaf.device, copy=True)
+                static.append(buffer)
+                call_leaves.append(buffer)
+            else:
+                call_leaves.append(leaf)
+        args, kwargs = tree_unflatten(call_leaves, spec)
+        replay, outputs = self._capture(lambda: original(*args, **kwargs), self._pool)
+        log.info("cuda_graph_captured", graphs=len(self.graphs) + 1,
+                 shapes=[tuple(t.shape) for t in static][:4])
+        return replay, static, outputs
