@@ -15,7 +15,13 @@ import workers.chat.graphed_decode as graphed_decode
 from shared.engine_settings import ChatSettings
 from tests.test_cuda_graphs import rerun_capture
 from workers.chat.generator import Request, TextGenerator
-from workers.chat.graphed_decode import GraphedDecoder, bucket_length, bucket_rows, decode_graphs_on
+from workers.chat.graphed_decode import (
+    GraphedDecoder,
+    bucket_length,
+    bucket_rows,
+    decode_graphs_on,
+    row_buckets,
+)
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +101,7 @@ def test_one_capture_serves_a_bucket_until_the_rows_change(model):
 
 def test_buckets_and_the_switch():
     assert [bucket_rows(n) for n in (1, 3, 16, 17, 64)] == [1, 4, 16, 32, 64]
+    assert row_buckets(64) == [1, 2, 4, 8, 16, 32, 64] and row_buckets(5) == [1, 2, 4, 8]
     assert bucket_length(0) == 256 and bucket_length(255) == 256 and bucket_length(256) == 512
     with pytest.raises(ValueError, match="CHAT_CUDA_GRAPHS=true needs a CUDA GPU"):
         decode_graphs_on(ChatSettings(cuda_graphs=True), "cpu")
@@ -111,3 +118,48 @@ def test_padding_rows_never_reach_the_caller(model):
     generator.step()
     slab = generator.decoder.active
     assert slab.rows == 4 and torch.isfinite(slab.logits).all()
+
+
+def test_a_capture_that_fails_hands_the_cache_back_and_decoding_goes_on_eagerly(model):
+    tokenizer = model[1]
+    requests = {0: ("a", Request(prompt(tokenizer, "one more story"), max_tokens=20, temperature=0)),
+                2: ("b", Request(prompt(tokenizer, "and another"), max_tokens=10, temperature=0))}
+    eager = run_schedule(make(model, False), requests, {})
+
+    def failing_capture(run, pool):
+        run()  # a warm-up run writes past the last column, as cuda_capture's do
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    lm, tokenizer = model
+    generator = TextGenerator(lm, tokenizer, "cpu")
+    generator.decoder = GraphedDecoder(lm, "cpu", generator._cache_arg, capture=failing_capture)
+    assert run_schedule(generator, requests, {}) == eager
+    assert generator.decoder is None  # eager from then on
+
+
+def test_the_engine_captures_every_batch_bucket_at_its_warm_up(tiny_chat, monkeypatch):
+    import workers.chat.engine as chat_engine
+
+    class CPUDecoder(GraphedDecoder):
+        def __init__(self, model, device, cache_arg):
+            super().__init__(model, device, cache_arg, capture=rerun_capture)
+
+    monkeypatch.setattr(graphed_decode, "GraphedDecoder", CPUDecoder)
+    monkeypatch.setattr(chat_engine, "decode_graphs_on", lambda config, device: True)
+    engine = chat_engine.ChatEngine(str(tiny_chat), ChatSettings(max_batch=5, backend="transformers"))
+    engine.setup("cpu")
+    decoder = engine.models["qwen_instruct"].generator.decoder
+    assert sorted(rows for rows, _ in decoder.slabs) == [1, 2, 4, 8] and decoder.captures == 4
+
+
+def test_slabs_past_the_memory_budget_evict_the_least_recently_used(model, monkeypatch):
+    monkeypatch.setattr(graphed_decode, "LENGTH_STEP", 16)
+    lm, tokenizer = model
+    eager = run_schedule(make(model, False), schedule(tokenizer), {14: "gone"})
+    generator = TextGenerator(lm, tokenizer, "cpu")
+    decoder = GraphedDecoder(lm, "cpu", generator._cache_arg, capture=rerun_capture)
+    decoder.max_bytes = decoder._slab_bytes(8, 64)  # room for about one slab
+    generator.decoder = decoder
+    assert run_schedule(generator, schedule(tokenizer), {14: "gone"}) == eager
+    assert decoder._bytes() <= decoder.max_bytes or len(decoder.slabs) == 1  # a slab larger than the budget alone
+    assert decoder.captures > len(decoder.slabs) + 2  # evicted slabs were captured again when needed

@@ -170,3 +170,15 @@ def test_sdxl_unet_replays_from_graphs_with_the_same_images(tmp_path):
     from dataclasses import replace
     cached.run([replace(job, step_cache=True)], NoStops())
     assert cached.unet_graphs.replays == 0
+
+
+def test_a_capture_that_fails_runs_eagerly_from_then_on():
+    def failing(run, pool):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    module = Doubler()
+    graphs = GraphedForward(module, capture=failing, device="cpu")
+    with torch.inference_mode(), graphs:
+        assert torch.equal(module(torch.ones(2), torch.tensor(1.0))[0], torch.full((2,), 3.0))
+        module(torch.ones(2), torch.tensor(1.0))
+    assert graphs.failed.startswith("RuntimeError") and graphs.eager_calls == 2 and not graphs.graphs

@@ -106,6 +106,14 @@ def _guarded(bench: str, device: str, name: str, label: str, rows: Iterator[dict
         _free(device)
 
 
+def _graph_state(graphs) -> dict | None:
+    """What a module's CUDA graphs did in a variant: captured, replayed, ran eagerly, or failed."""
+    if graphs is None:
+        return None
+    return {"graphs": len(graphs.graphs), "replays": graphs.replays, "eager_calls": graphs.eager_calls,
+            "failed": graphs.failed}
+
+
 def _short(items: list[Generation]) -> list[Generation]:
     """The same shapes in 2 steps: a warm-up loads kernels (and compiles) without paying for a whole job."""
     return [replace(item, steps=2) for item in items]
@@ -169,7 +177,7 @@ def wan_variants(device: str) -> dict[str, tuple[str, dict, bool]]:
         variants["graphs"] = ("defaults + images batched and from CUDA graphs",
                               {"cuda_graphs": True, "batched_guidance": "images"}, False)
         for kernel in ("cudnn", "flash", "sage"):  # WAN_ATTENTION, on top of the shipped defaults
-            variants[kernel] = (f"defaults + {kernel} attention", {"attention": kernel}, False)
+            variants[f"attention-{kernel}"] = (f"defaults + {kernel} attention", {"attention": kernel}, False)
     return variants
 
 
@@ -217,7 +225,7 @@ def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
                        (label, seconds), "seconds_per_image", "lower", ms_per_step=_round(ms),
                        mfu=_round(utilisation(flops, ms, peak), 4), images_per_second=round(1 / seconds, 3),
                        ready_s=round(ready, 1), peak_gib=_peak_gib(device), pixel_difference=difference,
-                       warmup=getattr(engine, "warmup_report", None))
+                       warmup=getattr(engine, "warmup_report", None), graphs=_graph_state(engine.unet_graphs))
 
     for key in chosen(asked, variants):
         label, switches = variants[key]
@@ -265,7 +273,8 @@ def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs
             yield _row("wan", name, settings, ("diffusers default", baseline[media]), (label, seconds),
                        "seconds_per_job", "lower", ms_per_step=_round(ms),
                        mfu=_round(utilisation(flops, ms, peak), 4), ready_s=round(ready, 1), peak_gib=_peak_gib(device),
-                       pixel_difference=difference, compiled=engine.compiled)
+                       pixel_difference=difference, compiled=engine.compiled,
+                       graphs=_graph_state(engine.image_graphs))
 
     for key in chosen(asked, variants):
         label, switches, cached = variants[key]
@@ -307,7 +316,7 @@ def chat_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
         rows.append(_row("chat", name, {**base, "long_tokens": long}, ("a short request alone",
                                                                        serving["short_alone_p50_s"]),
                          ("the same beside a long one", serving["short_beside_long_s"]), "seconds", "lower",
-                         long_request_s=serving["long_s"]))
+                         long_request_s=serving["long_s"], decoder=report.get("decoder")))
         for v in report.get("versus_transformers", []):
             rows.append(_row("chat", name, {**base, "rows": v["rows"], "prompt_tokens": v["prompt_tokens"]},
                              ("transformers generate", v["transformers_tokens_per_second"]),

@@ -11,7 +11,7 @@ BENCHMARKS = {"fleet": "workers.bench_fleet", "sdxl": "workers.sdxl.bench", "wan
 DTYPES = ["auto", "fp16", "bf16", "fp32"]
 # `bench all --variants`: the SDXL and WAN variants workers/bench_all.py knows (some run on CUDA only).
 VARIANTS = ("worker", "vae-bf16", "cache", "cudnn", "compile-regional", "compile", "fp8", "batched-guidance",
-            "defaults", "graphs", "compile-regional-graphs", "flash", "sage")
+            "defaults", "graphs", "compile-regional-graphs", "attention-cudnn", "attention-flash", "attention-sage")
 
 
 def variant_list(text: str) -> tuple[str, ...]:

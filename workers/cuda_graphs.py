@@ -11,7 +11,9 @@ replayed, and its outputs are cloned before anything else runs (so a later repla
 graph sharing the memory pool, cannot overwrite what the caller holds). A signature is every
 tensor's shape, dtype and device plus every other argument's value: another shape is another
 graph, and an argument that is neither a tensor nor a plain value (an object such as a KV cache
-may hold tensors that change under the graph), or a call with gradients on, runs eagerly. All graphs
+may hold tensors that change under the graph), or a call with gradients on, runs eagerly. A
+capture that fails (an operation CUDA cannot record) is logged once and the module runs eagerly
+from then on: slower, never a lost job. All graphs
 of one module share one memory pool: they are never replayed at the same time, so the pool is as
 large as the largest forward, not their sum.
 
@@ -62,6 +64,7 @@ class GraphedForward:
         self._pool = torch.cuda.graph_pool_handle() if capture is None else None
         self.graphs: dict[Any, tuple[Callable[[], None], list[torch.Tensor], Any]] = {}
         self.replays = self.eager_calls = 0
+        self.failed: str | None = None  # a capture that failed: logged once, then every call runs eagerly
         self._original: Callable | None = None
         self._full_logged = False
 
@@ -86,7 +89,7 @@ class GraphedForward:
         original = self._original
         assert original is not None, "GraphedForward called while not installed"
         leaves, spec = tree_flatten((args, kwargs))
-        key = self._signature(leaves, spec)
+        key = None if self.failed else self._signature(leaves, spec)
         if key is None or torch.is_grad_enabled():
             self.eager_calls += 1
             return original(*args, **kwargs)
@@ -98,7 +101,13 @@ class GraphedForward:
                     self._full_logged = True
                 self.eager_calls += 1
                 return original(*args, **kwargs)
-            entry = self._record(original, leaves, spec)
+            try:
+                entry = self._record(original, leaves, spec)
+            except Exception as exc:  # noqa: BLE001 - the job goes on eagerly; the log says why
+                self.failed = f"{type(exc).__name__}: {str(exc)[:300]}"
+                log.warning("cuda_graph_capture_failed", error=self.failed, fallback="eager")
+                self.eager_calls += 1
+                return original(*args, **kwargs)
             self.graphs[key] = entry
         replay, static, outputs = entry
         for buffer, leaf in zip(static, (leaf for leaf in leaves if torch.is_tensor(leaf)), strict=True):

@@ -177,6 +177,9 @@ def run_chat_bench(model: str, device: str = "cuda", max_tokens: int = 64, rando
     report["serving"] = serving(engine, settings, max_tokens, list(concurrency), long_tokens, one_at_a_time)
     if engine.backend == "transformers":
         generator = engine.models["qwen_instruct"].generator
+        decoder = generator.decoder  # None: eager, or graphs asked for and their capture failed (logged)
+        report["decoder"] = {"cuda_graphs_asked": cuda_graphs, "graphed": decoder is not None,
+                             "captures": getattr(decoder, "captures", 0), "replays": getattr(decoder, "replays", 0)}
         report["versus_transformers"] = [versus_transformers(generator, rows, max_tokens, length)
                                          for rows, length in ((1, 0), (compare_rows, 0), (compare_rows, 350))]
     report["goals"] = _goals(report)

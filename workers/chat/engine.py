@@ -23,7 +23,7 @@ from shared.errors import JobError
 from shared.gpu import resolve_dtype
 from shared.logging import get_logger
 from workers.chat.generator import Request, TextGenerator
-from workers.chat.graphed_decode import decode_graphs_on
+from workers.chat.graphed_decode import decode_graphs_on, row_buckets
 
 log = get_logger(component="chat")
 
@@ -76,8 +76,11 @@ class ChatEngine(Engine):
         if self.config.base_model:
             self.models["qwen_base"] = self._load("qwen_base", self.config.base_model)
         for model in self.models.values():  # warm-up: the first real request should not pay for it
-            model.generator.generate([Request(model.prompt_ids([{"role": "user", "content": "hi"}]), max_tokens=2,
-                                              temperature=0)])
+            hello = Request(model.prompt_ids([{"role": "user", "content": "hi"}]), max_tokens=3, temperature=0)
+            # With CUDA graphs, each batch-size bucket a burst can reach is captured now, not mid-burst.
+            graphed = getattr(model.generator, "decoder", None) is not None
+            for rows in row_buckets(self.config.max_batch) if graphed else [1]:
+                model.generator.generate([hello] * rows)
 
     def _choose_backend(self) -> str:
         """CHAT_BACKEND=auto: vLLM on CUDA when it is installed, else transformers."""

@@ -29,7 +29,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from shared.logging import get_logger
 from workers.chat.sampling import BatchSampler, RowSampling
+
+log = get_logger(component="chat")
 
 
 @dataclass
@@ -136,13 +139,11 @@ class TextGenerator:
     def step(self) -> list[Update]:
         logits = []
         if self.rows and self.decoder is not None:
-            if self.decoder.full():  # the slab's columns are used up: into a longer one
-                self._settle()
-            if not self.decoder.holding:
-                self.decoder.load(self.cache, self.mask)
-            logits.append(self.decoder.step(self.last, self.next_position))
-            self.next_position = self.next_position + 1
-        elif self.rows:
+            decoded = self._graphed_step()
+            if decoded is not None:
+                logits.append(decoded)
+                self.next_position = self.next_position + 1
+        if self.rows and not logits:
             self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
             self.cache, step_logits = self._forward(input_ids=self.last[:, None], attention_mask=self.mask,
                                                     position_ids=self.next_position[:, None], cache=self.cache)
@@ -223,6 +224,24 @@ class TextGenerator:
             mine.keys = torch.cat([F.pad(mine.keys, (0, 0, old, 0)), F.pad(theirs.keys, (0, 0, new, 0))])
             mine.values = torch.cat([F.pad(mine.values, (0, 0, old, 0)), F.pad(theirs.values, (0, 0, new, 0))])
         self.mask = torch.cat([F.pad(self.mask, (old, 0)), F.pad(mask, (new, 0))])
+
+    def _graphed_step(self) -> torch.Tensor | None:
+        """A decoding step through the graphed decoder; None (and eager from then on) if its capture
+        failed, with the cache handed back untouched (the failed capture wrote past its last column)."""
+        if self.decoder.full():  # the slab's columns are used up: into a longer one
+            self._settle()
+        if not self.decoder.holding:
+            self.decoder.load(self.cache, self.mask)
+        try:
+            return self.decoder.step(self.last, self.next_position)
+        except Exception as exc:  # noqa: BLE001 - decoding goes on eagerly; the log says why
+            if self.decoder.captures_failed_here():
+                self._settle()
+                log.warning("chat_cuda_graphs_failed", error=f"{type(exc).__name__}: {str(exc)[:300]}",
+                            fallback="eager")
+                self.decoder = None
+                return None
+            raise
 
     def _settle(self) -> None:
         """Before the rows change: the cache back from the graphed decoder's slab, if it holds it."""

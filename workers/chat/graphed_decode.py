@@ -29,6 +29,9 @@ from workers.cuda_graphs import cuda_capture
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LENGTH_STEP = 256  # slab lengths are multiples of this: a graph serves 256 steps before the next
+# KV slabs kept (with their graphs) at most: every row bucket at 256 columns is 1.9 GB for Qwen2.5-7B
+# in bf16, so all of them stay captured; a longer slab evicts the least recently used.
+SLAB_BYTES = 8 * 2**30
 
 
 def decode_graphs_on(config, device: str) -> bool:
@@ -41,6 +44,11 @@ def decode_graphs_on(config, device: str) -> bool:
 
 def bucket_rows(rows: int) -> int:
     return next((b for b in ROW_BUCKETS if b >= rows), rows)
+
+
+def row_buckets(max_rows: int) -> list[int]:
+    """Every bucket a batch of up to `max_rows` rows can fall in (captured at the warm-up)."""
+    return [b for b in ROW_BUCKETS if b <= bucket_rows(max_rows)]
 
 
 def bucket_length(columns: int) -> int:
@@ -63,15 +71,16 @@ class _Slab:
 class GraphedDecoder:
     """Decoding steps for one `TextGenerator`'s model; see the module doc."""
 
-    def __init__(self, model, device: str, cache_arg: str, capture=None, max_slabs: int = 3):
+    def __init__(self, model, device: str, cache_arg: str, capture=None, max_bytes: int = SLAB_BYTES):
         self.model, self.device, self.cache_arg = model, device, cache_arg
         self._capture = capture or cuda_capture
         self._pool = torch.cuda.graph_pool_handle() if capture is None else None
-        self.max_slabs = max_slabs
+        self.max_bytes = max_bytes
         self.slabs: OrderedDict[tuple[int, int], _Slab] = OrderedDict()
         self.active: _Slab | None = None  # the slab that holds the batch's cache now
         self.batch = self.width = 0  # rows in the batch, columns in use
         self.replays = self.captures = 0
+        self._capturing = False
 
     # ------------------------------------------------------------------ the generator's cache
 
@@ -100,6 +109,11 @@ class GraphedDecoder:
             theirs.values = mine.values[:self.batch, :, :self.width]
         return slab.mask[:self.batch, :self.width].long()
 
+    def captures_failed_here(self) -> bool:
+        """Whether the error being handled came from a capture (not from a replay)."""
+        failed, self._capturing = self._capturing, False
+        return failed
+
     @property
     def holding(self) -> bool:
         return self.active is not None
@@ -121,7 +135,9 @@ class GraphedDecoder:
         for layer in slab.cache.layers:
             layer.cumulative_length.fill_(column)  # where this step writes its keys and values
         if slab.replay is None:
+            self._capturing = True
             slab.replay, slab.logits = self._capture(lambda: self._forward(slab), self._pool)
+            self._capturing = False
             self.captures += 1
             for layer in slab.cache.layers:  # the capture's warm-up runs moved it on
                 layer.cumulative_length.fill_(column)
@@ -139,11 +155,21 @@ class GraphedDecoder:
         key = (rows, length)
         slab = self.slabs.pop(key, None)
         if slab is None:
-            while len(self.slabs) >= self.max_slabs:  # least recently used first; its graph and memory go
-                self.slabs.popitem(last=False)
+            while self.slabs and self._bytes() + self._slab_bytes(rows, length) > self.max_bytes:
+                self.slabs.popitem(last=False)  # least recently used first; its graph and memory go
             slab = self._new_slab(rows, length)
         self.slabs[key] = slab
         return slab
+
+    def _slab_bytes(self, rows: int, length: int) -> int:
+        config = self.model.config
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        element = next(self.model.parameters()).element_size()
+        return 2 * config.num_hidden_layers * rows * heads * length * head_dim * element  # keys and values
+
+    def _bytes(self) -> int:
+        return sum(self._slab_bytes(rows, length) for rows, length in self.slabs)
 
     def _new_slab(self, rows: int, length: int) -> _Slab:
         from transformers import StaticCache
