@@ -2,7 +2,7 @@
 # The full-size GPU report inside a fixed time budget (a lent GPU's lease): SDXL, then WAN, then chat,
 # each a `bench all` run that must end by its deadline (seconds from the script's start), so that a
 # run cut short still leaves the rows it measured. bench-reports/h200-*/ came from this script.
-#   OUT=DIR [MODEL_CONFIGS=DIR] [WHEELS=DIR] [SDXL_DEADLINE=190] [WAN_DEADLINE=430] [CHAT_DEADLINE=540] \
+#   OUT=DIR [MODEL_CONFIGS=DIR] [WHEELS=DIR] [SDXL_DEADLINE=220] [WAN_DEADLINE=450] [CHAT_DEADLINE=540] \
 #     bash scripts/bench-gpu.sh
 # WHEELS: a folder of wheels to install first (a machine with torch but without this project's
 # dependencies and no network). SDXL_VARIANTS / WAN_VARIANTS pick variants (see bench all --help),
@@ -56,7 +56,7 @@ run() {  # NAME DEADLINE_S ARGS...
 # shape). WAN: the shipped defaults, images from graphs, then the attention kernels. The 2026-11-26 run used SDXL_VARIANTS=worker,vae-bf16,cudnn,compile-regional and
 # WAN_VARIANTS=worker,cache,vae-bf16,batched-guidance,compile.
 LOG_LEVEL=${SDXL_LOG_LEVEL:-INFO} TORCH_LOGS=${SDXL_TORCH_LOGS-recompiles,graph_breaks} \
-  run sdxl "${SDXL_DEADLINE:-190}" --only sdxl --variants "${SDXL_VARIANTS:-defaults,graphs,compile-regional-graphs}"
-run wan "${WAN_DEADLINE:-430}" --only wan --variants "${WAN_VARIANTS:-defaults,graphs,attention-cudnn,attention-sage,attention-flash}"
+  run sdxl "${SDXL_DEADLINE:-220}" --only sdxl --variants "${SDXL_VARIANTS:-defaults,graphs,compile-regional-graphs}"
+run wan "${WAN_DEADLINE:-450}" --only wan --variants "${WAN_VARIANTS:-defaults,graphs,attention-cudnn,attention-sage,attention-flash}"
 run chat "${CHAT_DEADLINE:-540}" --only chat
 echo "total $(( $(date +%s) - start )) s"

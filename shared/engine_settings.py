@@ -30,6 +30,9 @@ class SDXLSettings(BaseSettings):
     compile_regional: bool = Field(default=False,
                                    description="with SDXL_COMPILE: only the repeated transformer blocks (faster compile)")
     compile_backend: str = Field(default="inductor", description="torch.compile backend (tests use eager)")
+    compile_budget_seconds: float = Field(
+        default=120.0, gt=0, description="with SDXL_COMPILE: a warm-up still compiling past this many seconds stops "
+                                         "compiling and serves eagerly (a worker's start stays bounded)")
     cudnn_benchmark: bool = Field(default=False, description="let cuDNN pick the fastest convolution per shape")
     cuda_graphs: Literal["auto"] | bool = Field(
         default=False, description="replay the UNet from CUDA graphs, one per shape, captured at the warm-up "

@@ -107,3 +107,27 @@ def test_after_the_warm_up_wan_compiles_nothing_at_other_sizes_lengths_and_guida
         engine.run([job], NoStops())
         assert graphs_compiled() == warmed, f"{width}x{height}x{frames} at guidance {guidance} compiled a new graph"
     assert compiled_logs(capfd.readouterr().err) == []
+
+
+@pytest.mark.parametrize("regional", [True, False])
+def test_a_compile_past_its_budget_stops_and_the_worker_serves_eagerly(sdxl_model, monkeypatch, capfd, regional):
+    """SDXL_COMPILE_BUDGET_SECONDS bounds a start: the warm-up shape that passes it is the last one
+    compiled; the rest of the warm-up and every job run eagerly, and the log says so."""
+    monkeypatch.setattr(sdxl_engine_module, "warmup_sizes",
+                        lambda config, device: warmup_sizes(config, "cuda", sizes=SMALL_SERVED))
+    config = SDXLSettings(compile=True, compile_backend="eager", compile_regional=regional, compile_vae=True,
+                          max_batch_images=4, compile_budget_seconds=0.001)
+    engine = SDXLEngine(sdxl_model, config)
+    engine.setup("cpu")
+    report = engine.warmup_report
+    assert report[0]["graphs"] >= 1 and report[1] == {"compile_stopped_after_s": report[1]["compile_stopped_after_s"]}
+    assert all(shape["graphs"] == 0 for shape in report[2:])  # nothing compiled after the budget
+    assert not any(getattr(m, "_compiled_call_impl", None) for m in engine.pipe.unet.modules())
+    assert not isinstance(engine.pipe.unet, torch._dynamo.eval_frame.OptimizedModule)
+    assert engine.img2img.unet is engine.pipe.unet
+    assert not isinstance(engine.pipe.vae.decoder, torch._dynamo.eval_frame.OptimizedModule)
+    before = graphs_compiled()
+    engine.run([sdxl_job(128, 72, 3, 6.0)], NoStops())
+    assert graphs_compiled() == before
+    stopped = [json.loads(line) for line in capfd.readouterr().err.splitlines() if "sdxl_compile_over_budget" in line]
+    assert len(stopped) == 1 and stopped[0]["fallback"] == "eager"

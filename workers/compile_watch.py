@@ -4,13 +4,16 @@ A compiled engine warms up before it says ready so that no job waits for a compi
 a GPU for a whole SDXL UNet). `compile_warmed_up` says how long that took, how many graphs it
 made and how many inductor found in its cache (shared/compile_cache.py). If a job still brings a
 shape the warm-up did not cover, torch compiles a new graph in the middle of it: the job is not
-lost, only late; `compiled_during_job` says so, with the job's shape.
+lost, only late; `compiled_during_job` says so, with the job's shape. `uncompile` undoes a compile
+(a compile that failed, or that ran past its time budget).
 """
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+
+import torch
 
 from shared.logging import get_logger
 
@@ -24,6 +27,13 @@ def compile_counts() -> dict[str, int]:
 
     return {"graphs": counters["stats"]["unique_graphs"], "cache_hits": counters["inductor"]["fxgraph_cache_hit"],
             "cache_misses": counters["inductor"]["fxgraph_cache_miss"]}
+
+
+def uncompile(module: torch.nn.Module) -> None:
+    """Back to eager: every region that `Module.compile` compiled forgets its compiled call."""
+    for part in module.modules():
+        if getattr(part, "_compiled_call_impl", None) is not None:
+            part._compiled_call_impl = None
 
 
 def graphs_compiled() -> int:

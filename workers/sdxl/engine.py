@@ -27,7 +27,7 @@ from shared.errors import JobError
 from shared.gpu import resolve_dtype
 from shared.inputs import Generated, Generation, ImageOutput
 from shared.logging import get_logger
-from workers.compile_watch import compiles_logged, graphs_compiled, warm_up_logged
+from workers.compile_watch import compiles_logged, graphs_compiled, uncompile, warm_up_logged
 from workers.cuda_graphs import GraphedForward
 from workers.sdxl.prompts import PromptEmbeddings, PromptEncoder
 from workers.sdxl.schedulers import make_scheduler
@@ -107,6 +107,7 @@ class SDXLEngine(Engine):
         self.img2img.unet, self.img2img.vae = pipe.unet, pipe.vae  # compiling may have replaced them
         self.unet_graphs = GraphedForward(pipe.unet, device=device) if graphs_on(self.config, device) else None
         self.pipe = pipe
+        self.compiled = self.config.compile
         self.encoder = PromptEncoder(pipe, device)
         self._base_scheduler_config = dict(pipe.scheduler.config)
         if self.config.warmup or self.config.compile:  # a compiled worker never leaves its compile to a job
@@ -117,6 +118,7 @@ class SDXLEngine(Engine):
         embeddings = self.encoder.encode("warm up", "", use_compel=False)
         image = _Image(item=None, index=0, seed=0, embeddings=embeddings, reference=None)  # type: ignore[arg-type]
         self.warmup_report = []  # per shape: seconds and graphs compiled (what a slow compile spent its time on)
+        begun = time.monotonic()
         for width, height, batch, guidance in warmup_sizes(self.config, self.device):
             before, started = graphs_compiled(), time.monotonic()
             self._call_pipeline([image] * batch, "txt2img", width, height, 2, guidance, "euler", None)
@@ -124,6 +126,22 @@ class SDXLEngine(Engine):
                      "seconds": round(time.monotonic() - started, 1), "graphs": graphs_compiled() - before}
             self.warmup_report.append(shape)
             log.info("sdxl_warmup_shape", **shape)
+            if self.compiled and time.monotonic() - begun > self.config.compile_budget_seconds:
+                self._stop_compiling(time.monotonic() - begun)
+
+    def _stop_compiling(self, seconds: float) -> None:
+        """The warm-up's compile ran past SDXL_COMPILE_BUDGET_SECONDS: the rest runs eagerly, so the
+        worker's start stays bounded. CUDA graphs already captured keep their compiled kernels."""
+        log.warning("sdxl_compile_over_budget", seconds=round(seconds, 1),
+                    budget=self.config.compile_budget_seconds, fallback="eager")
+        pipe = self.pipe
+        uncompile(pipe.unet)  # the regional compile's blocks
+        if isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule):
+            pipe.unet = self.img2img.unet = pipe.unet._orig_mod
+        if isinstance(pipe.vae.decoder, torch._dynamo.eval_frame.OptimizedModule):
+            pipe.vae.decoder = pipe.vae.decoder._orig_mod
+        self.compiled = False
+        self.warmup_report.append({"compile_stopped_after_s": round(seconds, 1)})
 
     def batch_key(self, item: Generation) -> Hashable | None:
         denoise = item.denoise_strength if item.pipeline == "img2img" else None
@@ -173,7 +191,7 @@ class SDXLEngine(Engine):
         """Yield (image, picture); on CUDA out-of-memory, free and retry in halves."""
         item = images[0].item
         try:
-            with compiles_logged(self.config.compile, "sdxl", width=item.width, height=item.height,
+            with compiles_logged(self.compiled, "sdxl", width=item.width, height=item.height,
                                  images=len(images), guidance=item.guidance_scale):
                 pictures = self._call_pipeline(
                     images, item.pipeline, item.width, item.height, item.steps, item.guidance_scale,

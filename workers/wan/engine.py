@@ -22,7 +22,7 @@ from shared.errors import JobError
 from shared.gpu import resolve_dtype, usable_memory_bytes
 from shared.inputs import Generated, Generation, ImageOutput, VideoOutput
 from shared.logging import get_logger
-from workers.compile_watch import compiles_logged, warm_up_logged
+from workers.compile_watch import compiles_logged, uncompile, warm_up_logged
 from workers.cuda_graphs import GraphedForward
 from workers.wan.solvers import make_solver
 from workers.wan.speed import (
@@ -33,7 +33,6 @@ from workers.wan.speed import (
     encoder_placement,
     graphs_on,
     module_bytes,
-    uncompile,
     warmup_shapes,
 )
 

@@ -57,13 +57,6 @@ def apply_switches(pipe, config: WANSettings, device: str) -> None:
                                                  fullgraph=False, dynamic=True)
 
 
-def uncompile(module: torch.nn.Module) -> None:
-    """Back to eager: every region that `Module.compile` compiled forgets its compiled call."""
-    for part in module.modules():
-        if getattr(part, "_compiled_call_impl", None) is not None:
-            part._compiled_call_impl = None
-
-
 # The presets' native size: an image and a full clip. Inductor tunes a shape-dynamic kernel for the
 # sizes it compiles with, so the compiled warm-up runs at these (as the H200 figures did).
 PRESET_SHAPES = ((480, 832, 1), (480, 832, 81))
