@@ -35,8 +35,8 @@ class SDXLSettings(BaseSettings):
                                          "compiling and serves eagerly (a worker's start stays bounded)")
     cudnn_benchmark: bool = Field(default=False, description="let cuDNN pick the fastest convolution per shape")
     cuda_graphs: Literal["auto"] | bool = Field(
-        default=False, description="replay the UNet from CUDA graphs, one per shape, captured at the warm-up "
-                                   "(CUDA only; auto: on CUDA)")
+        default="auto", description="replay the UNet from CUDA graphs, one per shape, captured at the warm-up "
+                                    "(auto: on CUDA)")
     vae_dtype: Literal["auto", "model", "fp32", "bf16", "fp16"] = Field(
         default="auto", description="VAE decode precision; auto: bf16 on CUDA, else the model's (model: diffusers' "
                                     "own, which upcasts fp16 and bf16 to fp32)")
@@ -77,7 +77,8 @@ class WANSettings(BaseSettings):
     attention: Literal["sdpa", "cudnn", "flash", "sage"] = Field(
         default="sdpa", description="self-attention kernel (workers/wan/attention.py); sage is approximate")
     cuda_graphs: Literal["auto"] | bool = Field(
-        default=False, description="one-frame images replayed from CUDA graphs (CUDA only; auto: on CUDA)")
+        default="auto", description="one-frame images: both guidance passes in one batch, replayed from CUDA "
+                                    "graphs (auto: on CUDA)")
     vae_dtype: Literal["fp32", "bf16"] = Field(default="fp32", description="VAE decode precision")
     fp8: Literal["off", "weights", "dynamic"] = Field(
         default="off", description="FP8 transformer through torchao: dynamic (FP8 cards) or weights only")
@@ -121,7 +122,7 @@ class ChatSettings(BaseSettings):
                                                validation_alias="CHAT_VLLM_GPU_MEMORY_UTILIZATION")
     consume_queue: bool = Field(default=True, validation_alias="CHAT_CONSUME_QUEUE")
     cuda_graphs: Literal["auto"] | bool = Field(
-        default=False, validation_alias="CHAT_CUDA_GRAPHS",
+        default="auto", validation_alias="CHAT_CUDA_GRAPHS",
         description="transformers backend: decoding steps from CUDA graphs over a static KV cache (auto: on CUDA)")
 
     def api_keys(self) -> list[str]:

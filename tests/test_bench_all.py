@@ -98,3 +98,23 @@ def test_the_lease_script_runs_sdxl_wan_and_chat_and_keeps_each_report(tmp_path)
     chat = json.loads((tmp_path / "chat" / "report.json").read_text())
     assert chat and all(row["bench"] == "chat" and "error" not in row for row in chat)
     assert "torch" in (tmp_path / "machine.txt").read_text() and "| wan |" in done.stdout
+
+
+def test_random_weight_sdxl_is_the_same_model_on_every_build_and_leaves_the_global_rng_alone(tmp_path):
+    """Each bench variant builds its pipeline anew and their pixels are compared: the 2026-12-04 H200
+    run drew new weights for every variant, which made every pixel difference meaningless."""
+    import torch
+
+    from workers.sdxl.bench import random_weights_pipeline
+    from workers.sdxl.tiny import make_tiny_sdxl
+
+    folder = str(make_tiny_sdxl(tmp_path / "sdxl"))
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    first, second = (random_weights_pipeline(folder, None, torch.float32) for _ in range(2))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for a, b in zip(first.unet.parameters(), second.unet.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(first.vae.decoder.conv_out.weight, second.vae.decoder.conv_out.weight)
+    other = random_weights_pipeline(folder, None, torch.float32, seed=1)
+    assert not torch.equal(first.unet.conv_in.weight, other.unet.conv_in.weight)

@@ -105,7 +105,8 @@ def test_buckets_and_the_switch():
     assert bucket_length(0) == 256 and bucket_length(255) == 256 and bucket_length(256) == 512
     with pytest.raises(ValueError, match="CHAT_CUDA_GRAPHS=true needs a CUDA GPU"):
         decode_graphs_on(ChatSettings(cuda_graphs=True), "cpu")
-    assert decode_graphs_on(ChatSettings(cuda_graphs="auto"), "cuda") and not decode_graphs_on(ChatSettings(), "cuda")
+    assert decode_graphs_on(ChatSettings(), "cuda") and not decode_graphs_on(ChatSettings(), "cpu")  # auto
+    assert not decode_graphs_on(ChatSettings(cuda_graphs=False), "cuda")
 
 
 def test_padding_rows_never_reach_the_caller(model):
@@ -163,3 +164,16 @@ def test_slabs_past_the_memory_budget_evict_the_least_recently_used(model, monke
     assert run_schedule(generator, schedule(tokenizer), {14: "gone"}) == eager
     assert decoder._bytes() <= decoder.max_bytes or len(decoder.slabs) == 1  # a slab larger than the budget alone
     assert decoder.captures > len(decoder.slabs) + 2  # evicted slabs were captured again when needed
+
+
+def test_a_graph_whose_replay_disagrees_with_eager_is_caught_and_decoding_goes_on_eagerly(model):
+    from tests.test_cuda_graphs import stale_capture
+
+    lm, tokenizer = model
+    requests = {0: ("a", Request(prompt(tokenizer, "one more story"), max_tokens=20, temperature=0)),
+                2: ("b", Request(prompt(tokenizer, "and another"), max_tokens=10, temperature=0))}
+    eager = run_schedule(make(model, False), requests, {})
+    generator = TextGenerator(lm, tokenizer, "cpu")
+    generator.decoder = GraphedDecoder(lm, "cpu", generator._cache_arg, capture=stale_capture)
+    assert run_schedule(generator, requests, {}) == eager
+    assert generator.decoder is None

@@ -102,6 +102,7 @@ def test_switches_are_refused_off_cuda_and_auto_means_cuda():
     with pytest.raises(ValueError, match="reduce-overhead"):
         sdxl_graphs_on(SDXLSettings(cuda_graphs=True, compile=True), "cuda")
     assert sdxl_graphs_on(SDXLSettings(cuda_graphs=True, compile=True, compile_regional=True), "cuda")
+    assert not sdxl_graphs_on(SDXLSettings(compile=True), "cuda")  # auto yields to a whole-UNet compile
 
 
 def test_wan_batched_guidance_for_images_only():
@@ -109,6 +110,8 @@ def test_wan_batched_guidance_for_images_only():
     assert batches_guidance(config, 1) and not batches_guidance(config, 81)
     assert batches_guidance(WANSettings(batched_guidance=True), 81)
     assert not batches_guidance(WANSettings(), 1)
+    assert batches_guidance(WANSettings(), 1, image_graphs=True)  # images from graphs: one replay a step
+    assert not batches_guidance(WANSettings(), 81, image_graphs=True)
     # graphs on an eager engine: the presets' image is captured before ready, not a 32x32 stand-in
     assert warmup_shapes(False, 1024, image_graphs=True) == [(480, 832, 1, 5.0)]
     assert warmup_shapes(False, 1024) == [(32, 32, 1, 5.0)]
@@ -182,3 +185,31 @@ def test_a_capture_that_fails_runs_eagerly_from_then_on():
         assert torch.equal(module(torch.ones(2), torch.tensor(1.0))[0], torch.full((2,), 3.0))
         module(torch.ones(2), torch.tensor(1.0))
     assert graphs.failed.startswith("RuntimeError") and graphs.eager_calls == 2 and not graphs.graphs
+
+
+def stale_capture(run, pool):
+    """A broken graph: it replays what it recorded and ignores new inputs."""
+    return (lambda: None), run()
+
+
+def test_a_replay_that_disagrees_with_eager_turns_the_graphs_off_and_returns_the_eager_answer():
+    module = Doubler()
+    graphs = GraphedForward(module, capture=stale_capture, device="cpu")
+    with torch.inference_mode(), graphs:
+        first = module(torch.ones(3), torch.tensor(0.0))[0]  # captured: right for its own inputs
+        second = module(torch.full((3,), 4.0), torch.tensor(0.0))[0]  # the stale replay is caught
+        third = module(torch.full((3,), 5.0), torch.tensor(0.0))[0]
+    assert torch.equal(first, torch.full((3,), 2.0))
+    assert torch.equal(second, torch.full((3,), 8.0)) and torch.equal(third, torch.full((3,), 10.0))
+    assert graphs.failed.startswith("replay differs from eager") and not graphs.graphs
+    assert graphs.eager_calls == 1  # the third call: eager from then on
+
+
+def test_a_graph_checked_once_is_not_checked_again():
+    module = Doubler()
+    graphs = GraphedForward(module, capture=rerun_capture, device="cpu")
+    with torch.inference_mode(), graphs:
+        for value in (1.0, 2.0, 3.0, 4.0):
+            module(torch.full((2,), value), torch.tensor(0.0))
+    assert graphs.replays == 4 and graphs.graphs[next(iter(graphs.graphs))][3] is True
+    assert module.calls == 1 + 4 + 1  # the stand-in's capture run, a rerun per replay, one eager check

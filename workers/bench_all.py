@@ -144,7 +144,8 @@ def wan_model(tiny: bool, tmp: Path, configs: Path) -> str:
 def sdxl_variants(device: str) -> dict[str, tuple[str, dict]]:
     """`bench all --variants` key -> (label, SDXL switches): "worker" is every speed switch off, then
     each switch alone, then the shipped defaults together."""
-    off = {"vae_dtype": "model", "compile": False, "cudnn_benchmark": False, "cache": "none", "fp8": "off"}
+    off = {"vae_dtype": "model", "compile": False, "cudnn_benchmark": False, "cache": "none", "fp8": "off",
+           "cuda_graphs": False}
     variants = {"worker": ("worker", off), "vae-bf16": ("worker + VAE in bf16", {**off, "vae_dtype": "bf16"}),
                 "cache": ("worker + DeepCache, full UNet every 3 steps", {**off, "cache": "deep", "cache_interval": 3})}
     if device.startswith("cuda"):  # compiling on a CPU takes minutes and says nothing about a GPU
@@ -156,7 +157,8 @@ def sdxl_variants(device: str) -> dict[str, tuple[str, dict]]:
         variants["compile"] = ("worker + compiled UNet and VAE decoder", {**off, "compile": True, "compile_vae": True})
         variants["fp8"] = ("worker + FP8 UNet (dynamic, torchao)", {**off, "fp8": "dynamic"})
         variants["defaults"] = ("worker, shipped defaults", {})
-        # On top of the shipped defaults: what a batch-1 job waits for is launches, then kernels.
+        # What a batch-1 job waits for is launches, then kernels (graphs are a default since the
+        # 2026-12-04 run; these variants name them so that a report says what ran).
         variants["graphs"] = ("defaults + CUDA graphs", {"cuda_graphs": True})
         variants["compile-regional-graphs"] = ("defaults + compiled UNet blocks + CUDA graphs",
                                                {"cuda_graphs": True, "compile": True, "compile_regional": True})
@@ -165,7 +167,8 @@ def sdxl_variants(device: str) -> dict[str, tuple[str, dict]]:
 
 def wan_variants(device: str) -> dict[str, tuple[str, dict, bool]]:
     """`bench all --variants` key -> (label, WAN switches, whether the job asks for the step cache)."""
-    off = {"compile": False, "batched_guidance": False, "vae_dtype": "fp32", "cache": "none", "fp8": "off"}
+    off = {"compile": False, "batched_guidance": False, "vae_dtype": "fp32", "cache": "none", "fp8": "off",
+           "cuda_graphs": False}
     variants = {"worker": ("worker", off, False),
                 "cache": ("worker + first-block cache", {**off, "cache": "first_block"}, True),
                 "batched-guidance": ("worker + batched guidance", {**off, "batched_guidance": True}, False),

@@ -17,6 +17,10 @@ from then on: slower, never a lost job. All graphs
 of one module share one memory pool: they are never replayed at the same time, so the pool is as
 large as the largest forward, not their sum.
 
+Each graph's first replay on new inputs is checked once against an eager call of the same inputs
+(`differs`); a graph that disagrees turns the module's graphs off (logged) and the call returns the
+eager result. So a capture that is wrong on some card or driver costs one forward, never an image.
+
 CPU tests replace the capture (`capture=`) with a stand-in that reruns the forward on the static
 buffers: that checks the keying, the copies and the fallbacks; the graphs themselves run only on
 a GPU (the bench's pixel difference against eager).
@@ -62,7 +66,7 @@ class GraphedForward:
         self.module, self.max_graphs, self.device = module, max_graphs, device
         self._capture = capture or cuda_capture
         self._pool = torch.cuda.graph_pool_handle() if capture is None else None
-        self.graphs: dict[Any, tuple[Callable[[], None], list[torch.Tensor], Any]] = {}
+        self.graphs: dict[Any, list] = {}  # signature -> [replay, static inputs, outputs, verified]
         self.replays = self.eager_calls = 0
         self.failed: str | None = None  # a capture that failed: logged once, then every call runs eagerly
         self._original: Callable | None = None
@@ -94,6 +98,7 @@ class GraphedForward:
             self.eager_calls += 1
             return original(*args, **kwargs)
         entry = self.graphs.get(key)
+        fresh = entry is None  # recorded on these very inputs: checked on the next, new ones
         if entry is None:
             if len(self.graphs) >= self.max_graphs:
                 if not self._full_logged:
@@ -109,13 +114,23 @@ class GraphedForward:
                 self.eager_calls += 1
                 return original(*args, **kwargs)
             self.graphs[key] = entry
-        replay, static, outputs = entry
+        replay, static, outputs, verified = entry
         for buffer, leaf in zip(static, (leaf for leaf in leaves if torch.is_tensor(leaf)), strict=True):
             buffer.copy_(leaf)
         replay()
         self.replays += 1
         out_leaves, out_spec = tree_flatten(outputs)
-        return tree_unflatten([leaf.clone() if torch.is_tensor(leaf) else leaf for leaf in out_leaves], out_spec)
+        result = tree_unflatten([leaf.clone() if torch.is_tensor(leaf) else leaf for leaf in out_leaves], out_spec)
+        if not verified and not fresh:  # its first replay on new inputs: checked once against an eager call
+            eager = original(*args, **kwargs)
+            mismatch = differs(result, eager)
+            if mismatch:
+                self.failed = f"replay differs from eager: {mismatch}"
+                log.warning("cuda_graph_replay_differs", error=self.failed, fallback="eager")
+                self.graphs.clear()
+                return eager
+            entry[3] = True
+        return result
 
     def _signature(self, leaves: list, spec) -> tuple | None:
         parts: list = [str(spec)]
@@ -143,4 +158,18 @@ class GraphedForward:
         replay, outputs = self._capture(lambda: original(*args, **kwargs), self._pool)
         log.info("cuda_graph_captured", graphs=len(self.graphs) + 1,
                  shapes=[tuple(t.shape) for t in static][:4])
-        return replay, static, outputs
+        return [replay, static, outputs, False]
+
+
+def differs(got, want, tolerance: float = 1e-2) -> str | None:
+    """Whether a replay's outputs are not an eager call's (same kernels: equal but for float noise);
+    the largest difference when they are not. A gross-error check: a graph that read stale inputs
+    or memory gives differences the size of the values themselves."""
+    for a, b in zip(tree_flatten(got)[0], tree_flatten(want)[0], strict=True):
+        if not torch.is_tensor(a):
+            continue
+        a, b = a.float(), b.float()
+        largest, scale = float((a - b).abs().max()), float(b.abs().max())
+        if not largest <= tolerance * scale + 1e-6:  # also NaN
+            return f"max |difference| {largest:.4g} against values up to {scale:.4g}"
+    return None

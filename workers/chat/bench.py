@@ -83,10 +83,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _serve(engine, settings):
+def _serve(engine, settings, device: str):
     from workers.registry import build_worker
 
-    worker = build_worker(engine, settings, health_port=0, install_signal_handlers=False)
+    worker = build_worker(engine, settings, health_port=0, install_signal_handlers=False, device=device)
     thread = threading.Thread(target=worker.run, name="bench-chat-worker", daemon=True)
     thread.start()
     deadline = time.monotonic() + 1800  # a full-size model takes a while to load
@@ -110,8 +110,8 @@ def _callers(url: str, steps: list[dict]) -> list[dict]:
 
 
 def serving(engine, settings, max_tokens: int, concurrency: list[int], long_tokens: int,
-            one_at_a_time: int = 16) -> dict[str, Any]:
-    worker, thread = _serve(engine, settings)
+            one_at_a_time: int = 16, device: str = "cpu") -> dict[str, Any]:
+    worker, thread = _serve(engine, settings, device)
     try:
         url = f"http://127.0.0.1:{worker.http.port}"
 
@@ -174,7 +174,7 @@ def run_chat_bench(model: str, device: str = "cuda", max_tokens: int = 64, rando
                               "model": ("random weights from " if random_weights else "") + model,
                               "dtype": str(resolve_dtype(dtype, device)).removeprefix("torch."),
                               "max_tokens": max_tokens}
-    report["serving"] = serving(engine, settings, max_tokens, list(concurrency), long_tokens, one_at_a_time)
+    report["serving"] = serving(engine, settings, max_tokens, list(concurrency), long_tokens, one_at_a_time, device)
     if engine.backend == "transformers":
         generator = engine.models["qwen_instruct"].generator
         decoder = generator.decoder  # None: eager, or graphs asked for and their capture failed (logged)

@@ -14,7 +14,9 @@ copies it into a slab again. Rows beyond the batch (up to the bucket) are paddin
 one column and their logits are dropped.
 
 Same model, same kernels as an eager step with a mask: greedy decoding gives the same tokens
-(tests/test_chat_graphs.py, on the CPU with the capture stood in for). Needs transformers >= 5.24
+(tests/test_chat_graphs.py, on the CPU with the capture stood in for). On the card, each slab's
+first replay on new inputs is checked against an eager step; a capture, replay or check that fails
+hands the cache back and the generator decodes eagerly from then on (logged). Needs transformers >= 5.24
 (its `StaticLayer` writes at `cumulative_length`).
 """
 
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workers.cuda_graphs import cuda_capture
+from workers.cuda_graphs import cuda_capture, differs
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LENGTH_STEP = 256  # slab lengths are multiples of this: a graph serves 256 steps before the next
@@ -66,6 +68,7 @@ class _Slab:
     mask: torch.Tensor  # (rows, length) bool: which columns each row attends to
     replay: object = None
     logits: torch.Tensor | None = None
+    replayed: int = 0  # replays so far; the first on new inputs (the second) is checked against eager
 
 
 class GraphedDecoder:
@@ -80,7 +83,7 @@ class GraphedDecoder:
         self.active: _Slab | None = None  # the slab that holds the batch's cache now
         self.batch = self.width = 0  # rows in the batch, columns in use
         self.replays = self.captures = 0
-        self._capturing = False
+        self._trying = False
 
     # ------------------------------------------------------------------ the generator's cache
 
@@ -110,8 +113,8 @@ class GraphedDecoder:
         return slab.mask[:self.batch, :self.width].long()
 
     def captures_failed_here(self) -> bool:
-        """Whether the error being handled came from a capture (not from a replay)."""
-        failed, self._capturing = self._capturing, False
+        """Whether the error being handled came from the graphs (a capture, a replay, its check)."""
+        failed, self._trying = self._trying, False
         return failed
 
     @property
@@ -132,19 +135,35 @@ class GraphedDecoder:
         slab.ids[:batch, 0] = last
         slab.positions[:batch, 0] = positions
         slab.mask[:batch, column] = True
-        for layer in slab.cache.layers:
-            layer.cumulative_length.fill_(column)  # where this step writes its keys and values
+        self._move_to(slab, column)  # where this step writes its keys and values
+        self._trying = True  # an error from here to the check is the graphs' fault: eager from then on
         if slab.replay is None:
-            self._capturing = True
             slab.replay, slab.logits = self._capture(lambda: self._forward(slab), self._pool)
-            self._capturing = False
             self.captures += 1
-            for layer in slab.cache.layers:  # the capture's warm-up runs moved it on
-                layer.cumulative_length.fill_(column)
+            self._move_to(slab, column)  # the capture's warm-up runs moved it on
         slab.replay()
+        slab.replayed += 1
         self.replays += 1
+        if slab.replayed == 2:  # the first replay on inputs the capture did not see
+            self._check(slab, column)
+        self._trying = False
         self.width = column + 1
         return slab.logits[:batch].float()
+
+    def _check(self, slab: _Slab, column: int) -> None:
+        """The replay's logits against an eager step on the same inputs (which writes the same keys and
+        values into the same column); a graph that disagrees raises, and the generator goes eager."""
+        got = slab.logits.clone()
+        self._move_to(slab, column)
+        want = self._forward(slab)
+        mismatch = differs(got[:self.batch], want[:self.batch])
+        if mismatch:
+            raise RuntimeError(f"graphed decoding step differs from eager: {mismatch}")
+
+    @staticmethod
+    def _move_to(slab: _Slab, column: int) -> None:
+        for layer in slab.cache.layers:
+            layer.cumulative_length.fill_(column)
 
     def _forward(self, slab: _Slab) -> torch.Tensor:
         out = self.model(input_ids=slab.ids, position_ids=slab.positions, attention_mask=slab.mask[:, None, None, :],

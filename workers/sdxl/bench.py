@@ -22,8 +22,10 @@ from shared.gpu import random_init_device, synchronize
 from shared.inputs import Generation
 
 
-def random_weights_pipeline(config_dir: str, _config=None, dtype: torch.dtype = torch.float16):
-    """The full architecture from configs alone; tiny tokenizers (77 tokens still fix the compute)."""
+def random_weights_pipeline(config_dir: str, _config=None, dtype: torch.dtype = torch.float16, seed: int = 0):
+    """The full architecture from configs alone; tiny tokenizers (77 tokens still fix the compute).
+    The same weights on every call (`seed`): a bench builds one per variant, and variants are
+    compared pixel for pixel (the 2026-12-04 H200 run compared different random models)."""
     from diffusers import (
         AutoencoderKL,
         EulerDiscreteScheduler,
@@ -35,7 +37,9 @@ def random_weights_pipeline(config_dir: str, _config=None, dtype: torch.dtype = 
     from workers.tiny_clip import build_clip_tokenizer
 
     root = Path(config_dir)
-    with torch.device(random_init_device()):
+    device = random_init_device()
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device == "cuda" else []), torch.device(device):
+        torch.manual_seed(seed)
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet"))
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae"))
         text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder"))

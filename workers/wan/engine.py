@@ -171,11 +171,11 @@ class WANEngine(Engine):
         self._set_cache(cached)
         # Both guidance passes in one batch: exact math, so not with the (approximate) step cache,
         # and only where the pipeline's calls alternate prompt / negative prompt (T2V).
-        batched = (batches_guidance(self.config, item.frames) and item.guidance_scale > 1 and not cached
-                   and not self.supports_reference_frames)
         # One-frame images replay the transformer from CUDA graphs (exact; not with the step cache,
         # whose hooks decide per step what runs).
         graphs = self.image_graphs if item.frames == 1 and not cached else None
+        batched = (batches_guidance(self.config, item.frames, graphs is not None) and item.guidance_scale > 1
+                   and not cached and not self.supports_reference_frames)
         kwargs = dict(height=item.height, width=item.width, num_frames=item.frames,
                       num_inference_steps=item.steps, guidance_scale=item.guidance_scale, output_type="np",
                       generator=torch.Generator("cpu").manual_seed(seed))
