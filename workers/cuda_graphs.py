@@ -61,7 +61,7 @@ class GraphedForward:
     """`with GraphedForward(module):` or `.install()` / `.remove()`: the module's forward answers
     from graphs while installed; the graphs are kept across installs (capture once per shape)."""
 
-    def __init__(self, module: torch.nn.Module, max_graphs: int = 32, capture: Capture | None = None,
+    def __init__(self, module: torch.nn.Module, max_graphs: int = 64, capture: Capture | None = None,
                  device: str = "cuda"):
         self.module, self.max_graphs, self.device = module, max_graphs, device
         self._capture = capture or cuda_capture
