@@ -49,14 +49,18 @@ run() {  # NAME DEADLINE_S ARGS...
   grep '^|' "$OUT/$name/report.md" 2>/dev/null
 }
 # Each bench measures its stock baseline first, then the variants in the order given; the first
-# exact variant is the reference the others' pixels are compared with. SDXL: the shipped defaults,
-# CUDA graphs (batch 1 is launch-bound), then the compiled blocks with graphs (whose warm-up the
-# 2026-11-26 run could not finish: TORCH_LOGS writes each graph break and recompile to sdxl.log, the
-# INFO log each warm-up shape as it ends, and each row's `warmup` the seconds and graphs of every
-# shape). WAN: the shipped defaults, images from graphs, then the attention kernels. The 2026-11-26 run used SDXL_VARIANTS=worker,vae-bf16,cudnn,compile-regional and
-# WAN_VARIANTS=worker,cache,vae-bf16,batched-guidance,compile.
+# exact variant is the reference the others' pixels are compared with. The defaults are what the
+# next lease should measure first (the 2026-12-04 run, bench-reports/h200-2026-12-04/, used
+# SDXL_VARIANTS=defaults,graphs,compile-regional-graphs and
+# WAN_VARIANTS=defaults,graphs,attention-cudnn,attention-sage,attention-flash):
+# - SDXL: the eager worker with its bf16 VAE (the reference), the shipped defaults (CUDA graphs: their
+#   pixels against eager, which that run could not check), the compiled blocks with graphs, FP8.
+#   TORCH_LOGS writes each graph break and recompile to sdxl.log, the INFO log each warm-up shape.
+# - WAN: the shipped defaults (a clip and an image), the attention kernel that run did not reach,
+#   FP8.
+# - chat: 7B with CUDA graphs, against transformers.generate and against the same decoder eager.
 LOG_LEVEL=${SDXL_LOG_LEVEL:-INFO} TORCH_LOGS=${SDXL_TORCH_LOGS-recompiles,graph_breaks} \
-  run sdxl "${SDXL_DEADLINE:-220}" --only sdxl --variants "${SDXL_VARIANTS:-defaults,graphs,compile-regional-graphs}"
-run wan "${WAN_DEADLINE:-450}" --only wan --variants "${WAN_VARIANTS:-defaults,graphs,attention-cudnn,attention-sage,attention-flash}"
+  run sdxl "${SDXL_DEADLINE:-220}" --only sdxl --variants "${SDXL_VARIANTS:-vae-bf16,defaults,compile-regional-graphs,fp8}"
+run wan "${WAN_DEADLINE:-450}" --only wan --variants "${WAN_VARIANTS:-defaults,attention-flash,fp8}"
 run chat "${CHAT_DEADLINE:-540}" --only chat
 echo "total $(( $(date +%s) - start )) s"

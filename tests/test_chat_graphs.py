@@ -177,3 +177,14 @@ def test_a_graph_whose_replay_disagrees_with_eager_is_caught_and_decoding_goes_o
     generator.decoder = GraphedDecoder(lm, "cpu", generator._cache_arg, capture=stale_capture)
     assert run_schedule(generator, requests, {}) == eager
     assert generator.decoder is None
+
+
+def test_the_bench_compares_the_graphed_decoder_with_itself_eager(model):
+    """`bench chat` on CUDA reports graphs against the same decoder without them, and how many rows'
+    greedy tokens agree (on a GPU bf16 ties may part them; here, float32 and a stand-in, all do)."""
+    from workers.chat.bench import versus_transformers
+
+    generator = make(model, True)
+    report = versus_transformers(generator, rows=3, max_tokens=6, prompt_tokens=0)
+    assert report["rows_with_the_eager_tokens"] == 3 and report["eager_decoder_tokens_per_second"] > 0
+    assert "eager_decoder_tokens_per_second" not in versus_transformers(make(model, False), 2, 4, 0)

@@ -324,6 +324,12 @@ def chat_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
             rows.append(_row("chat", name, {**base, "rows": v["rows"], "prompt_tokens": v["prompt_tokens"]},
                              ("transformers generate", v["transformers_tokens_per_second"]),
                              ("this decoder", v["this_backend_tokens_per_second"]), "tokens_per_second", "higher"))
+            if "eager_decoder_tokens_per_second" in v:  # CUDA graphs against the same decoder without them
+                rows.append(_row("chat", name, {**base, "rows": v["rows"], "prompt_tokens": v["prompt_tokens"]},
+                                 ("this decoder, eager", v["eager_decoder_tokens_per_second"]),
+                                 ("this decoder, CUDA graphs", v["this_backend_tokens_per_second"]),
+                                 "tokens_per_second", "higher",
+                                 rows_with_the_eager_tokens=f"{v['rows_with_the_eager_tokens']}/{v['rows']}"))
         _free(device)
     if "vllm" in single:  # the GPU question: vLLM against transformers, alone and at 16
 

@@ -44,8 +44,9 @@ def _prompts(tokenizer, count: int, tokens: int) -> list[list[int]]:
 
 
 def versus_transformers(generator, rows: int, max_tokens: int, prompt_tokens: int) -> dict[str, Any]:
-    """This backend's batch decoding against `model.generate` on the same left-padded batch."""
-    from workers.chat.generator import Request
+    """This backend's batch decoding against `model.generate` on the same left-padded batch; with CUDA
+    graphs, also against the same decoder eager (and how many rows' greedy tokens the two share)."""
+    from workers.chat.generator import Request, TextGenerator
 
     model, tokenizer, device = generator.model, generator.tokenizer, generator.device
     prompts = _prompts(tokenizer, rows, prompt_tokens)
@@ -60,11 +61,22 @@ def versus_transformers(generator, rows: int, max_tokens: int, prompt_tokens: in
         model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens, min_new_tokens=max_tokens,
                        do_sample=False, pad_token_id=generator.pad_id)
 
-    def ours() -> None:
-        generator.generate([Request(p, max_tokens=max_tokens, temperature=0, ignore_eos=True) for p in prompts])
+    requests = [Request(p, max_tokens=max_tokens, temperature=0, ignore_eos=True) for p in prompts]
+    answers: dict[str, list] = {}
 
+    def ours() -> None:
+        answers["this_backend"] = [c.token_ids for c in generator.generate(requests)]
+
+    runs = [("transformers_generate", theirs), ("this_backend", ours)]
+    if generator.decoder is not None:
+        eager = TextGenerator(model, tokenizer, device, generator.max_context)
+
+        def eager_decoder() -> None:
+            answers["eager_decoder"] = [c.token_ids for c in eager.generate(requests)]
+
+        runs.append(("eager_decoder", eager_decoder))
     timings = {}
-    for name, run in (("transformers_generate", theirs), ("this_backend", ours)):
+    for name, run in runs:
         run()  # warm-up
         _sync(device)
         started = time.perf_counter()
@@ -72,10 +84,15 @@ def versus_transformers(generator, rows: int, max_tokens: int, prompt_tokens: in
         _sync(device)
         timings[name] = time.perf_counter() - started
     tokens = rows * max_tokens
-    return {"rows": rows, "prompt_tokens": round(sum(map(len, prompts)) / rows), "max_tokens": max_tokens,
-            "transformers_tokens_per_second": round(tokens / timings["transformers_generate"], 1),
-            "this_backend_tokens_per_second": round(tokens / timings["this_backend"], 1),
-            "ratio": round(timings["transformers_generate"] / timings["this_backend"], 2)}
+    result = {"rows": rows, "prompt_tokens": round(sum(map(len, prompts)) / rows), "max_tokens": max_tokens,
+              "transformers_tokens_per_second": round(tokens / timings["transformers_generate"], 1),
+              "this_backend_tokens_per_second": round(tokens / timings["this_backend"], 1),
+              "ratio": round(timings["transformers_generate"] / timings["this_backend"], 2)}
+    if "eager_decoder" in timings:  # bf16 rows may part ways where two tokens' logits nearly tie
+        result["eager_decoder_tokens_per_second"] = round(tokens / timings["eager_decoder"], 1)
+        result["rows_with_the_eager_tokens"] = sum(a == b for a, b in zip(answers["this_backend"],
+                                                                         answers["eager_decoder"], strict=True))
+    return result
 
 
 def _sync(device: str) -> None:
