@@ -188,3 +188,32 @@ def test_the_bench_compares_the_graphed_decoder_with_itself_eager(model):
     report = versus_transformers(generator, rows=3, max_tokens=6, prompt_tokens=0)
     assert report["rows_with_the_eager_tokens"] == 3 and report["eager_decoder_tokens_per_second"] > 0
     assert "eager_decoder_tokens_per_second" not in versus_transformers(make(model, False), 2, 4, 0)
+
+
+def test_a_transformers_whose_static_cache_works_otherwise_decodes_eagerly(model, monkeypatch, capfd):
+    lm, tokenizer = model
+    assert graphed_decode.static_cache_fits()  # the transformers the suite runs on
+    monkeypatch.setattr(graphed_decode, "static_cache_fits", lambda: False)
+    generator = TextGenerator(lm, tokenizer, "cpu", cuda_graphs=True)  # would need CUDA if it were built
+    assert generator.decoder is None
+    assert "chat_cuda_graphs_unsupported" in capfd.readouterr().err
+
+
+def test_any_failure_inside_the_decoder_hands_the_cache_back_and_goes_eager(model):
+    lm, tokenizer = model
+    requests = {0: ("a", Request(prompt(tokenizer, "one more story"), max_tokens=20, temperature=0)),
+                2: ("b", Request(prompt(tokenizer, "and another"), max_tokens=10, temperature=0))}
+    eager = run_schedule(make(model, False), requests, {})
+    generator = make(model, True)
+    calls = {"n": 0}
+    real_step = generator.decoder.step
+
+    def flaky(last, positions):  # fails on the fifth decoding step, after the slab holds the cache
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise AttributeError("'StaticLayer' object has no attribute 'cumulative_length'")
+        return real_step(last, positions)
+
+    generator.decoder.step = flaky
+    assert run_schedule(generator, requests, {}) == eager
+    assert generator.decoder is None and calls["n"] == 5

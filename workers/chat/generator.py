@@ -103,9 +103,13 @@ class TextGenerator:
         self.cache = self.mask = self.next_position = self.last = None
         # CHAT_CUDA_GRAPHS: decoding steps from CUDA graphs over a static cache (workers/chat/graphed_decode.py)
         if decoder is None and cuda_graphs:
-            from workers.chat.graphed_decode import GraphedDecoder
+            from workers.chat.graphed_decode import GraphedDecoder, static_cache_fits
 
-            decoder = GraphedDecoder(model, device, self._cache_arg)
+            if static_cache_fits():
+                decoder = GraphedDecoder(model, device, self._cache_arg)
+            else:
+                log.warning("chat_cuda_graphs_unsupported", fallback="eager",
+                            reason="this transformers' StaticCache does not write at cumulative_length (5.24+)")
         self.decoder = decoder
 
     @property
@@ -226,22 +230,22 @@ class TextGenerator:
         self.mask = torch.cat([F.pad(self.mask, (old, 0)), F.pad(mask, (new, 0))])
 
     def _graphed_step(self) -> torch.Tensor | None:
-        """A decoding step through the graphed decoder; None (and eager from then on) if its capture
-        failed, with the cache handed back untouched (the failed capture wrote past its last column)."""
-        if self.decoder.full():  # the slab's columns are used up: into a longer one
-            self._settle()
-        if not self.decoder.holding:
-            self.decoder.load(self.cache, self.mask)
+        """A decoding step through the graphed decoder; None, and eager from then on, if anything in
+        it fails (a capture, a replay that disagrees with eager, a transformers whose static cache
+        works otherwise). The cache goes back untouched: the decoder only ever writes past its last
+        column before a step succeeds."""
         try:
+            if self.decoder.full():  # the slab's columns are used up: into a longer one
+                self._settle()
+            if not self.decoder.holding:
+                self.decoder.load(self.cache, self.mask)
             return self.decoder.step(self.last, self.next_position)
         except Exception as exc:  # noqa: BLE001 - decoding goes on eagerly; the log says why
-            if self.decoder.captures_failed_here():
-                self._settle()
-                log.warning("chat_cuda_graphs_failed", error=f"{type(exc).__name__}: {str(exc)[:300]}",
-                            fallback="eager")
-                self.decoder = None
-                return None
-            raise
+            self._settle()
+            log.warning("chat_cuda_graphs_failed", error=f"{type(exc).__name__}: {str(exc)[:300]}",
+                        fallback="eager")
+            self.decoder = None
+            return None
 
     def _settle(self) -> None:
         """Before the rows change: the cache back from the graphed decoder's slab, if it holds it."""

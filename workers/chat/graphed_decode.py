@@ -36,6 +36,14 @@ LENGTH_STEP = 256  # slab lengths are multiples of this: a graph serves 256 step
 SLAB_BYTES = 8 * 2**30
 
 
+def static_cache_fits() -> bool:
+    """Whether this transformers' static cache writes each step at its layers' `cumulative_length`,
+    which the slabs set before every replay (transformers 5.24; older ones take a cache_position)."""
+    from transformers.cache_utils import StaticLayer
+
+    return hasattr(StaticLayer(max_cache_len=1), "cumulative_length")
+
+
 def decode_graphs_on(config, device: str) -> bool:
     """`CHAT_CUDA_GRAPHS`: `auto` means on CUDA; refused off CUDA, where there are no graphs."""
     wanted = device.startswith("cuda") if config.cuda_graphs == "auto" else bool(config.cuda_graphs)
@@ -83,7 +91,6 @@ class GraphedDecoder:
         self.active: _Slab | None = None  # the slab that holds the batch's cache now
         self.batch = self.width = 0  # rows in the batch, columns in use
         self.replays = self.captures = 0
-        self._trying = False
 
     # ------------------------------------------------------------------ the generator's cache
 
@@ -112,11 +119,6 @@ class GraphedDecoder:
             theirs.values = mine.values[:self.batch, :, :self.width]
         return slab.mask[:self.batch, :self.width].long()
 
-    def captures_failed_here(self) -> bool:
-        """Whether the error being handled came from the graphs (a capture, a replay, its check)."""
-        failed, self._trying = self._trying, False
-        return failed
-
     @property
     def holding(self) -> bool:
         return self.active is not None
@@ -136,7 +138,6 @@ class GraphedDecoder:
         slab.positions[:batch, 0] = positions
         slab.mask[:batch, column] = True
         self._move_to(slab, column)  # where this step writes its keys and values
-        self._trying = True  # an error from here to the check is the graphs' fault: eager from then on
         if slab.replay is None:
             slab.replay, slab.logits = self._capture(lambda: self._forward(slab), self._pool)
             self.captures += 1
@@ -146,7 +147,6 @@ class GraphedDecoder:
         self.replays += 1
         if slab.replayed == 2:  # the first replay on inputs the capture did not see
             self._check(slab, column)
-        self._trying = False
         self.width = column + 1
         return slab.logits[:batch].float()
 
