@@ -79,7 +79,9 @@ def test_a_variant_that_fails_leaves_its_error_and_the_next_variant_still_runs()
     rows = [*bench_all._guarded("sdxl", "cpu", "CPU", "fp8", fp8()),
             *bench_all._guarded("sdxl", "cpu", "CPU", "worker", iter([{"bench": "sdxl", "variant": "worker"}]))]
     assert [row.get("error", "").split(":")[0] for row in rows] == ["", "RuntimeError", ""]
-    assert rows[1]["variant"] == "fp8" and "FP8 GPU" in bench_all.markdown(rows[1:2], "CPU", 1.0, True, 1.0)
+    from workers.bench_report import markdown
+
+    assert rows[1]["variant"] == "fp8" and "FP8 GPU" in markdown(rows[1:2], "CPU", 1.0, True, 1.0)
 
 
 def test_the_lease_script_runs_sdxl_wan_and_chat_and_keeps_each_report(tmp_path):

@@ -14,7 +14,6 @@ A bench that fails gives a row with its `error`; the others still run.
 from __future__ import annotations
 
 import gc
-import json
 import tempfile
 import time
 import traceback
@@ -23,14 +22,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from shared.engine import NoStops
 from shared.gpu import resolve_dtype, synchronize
 from shared.inputs import Generation
 from shared.settings import REPO_ROOT, Settings
-from workers.bench_measure import CapturedCall, StepClock, peak_tflops, utilisation
+from workers.bench_measure import (
+    CapturedCall,
+    StepClock,
+    graph_state,
+    peak_tflops,
+    pixel_difference,
+    utilisation,
+)
+from workers.bench_report import add_row
 
 MODEL_CONFIGS = REPO_ROOT.parent / "shared" / "model-configs"
 
@@ -73,27 +79,6 @@ def _measured(engine, module, batches: list[list[Generation]], device: str
     return seconds, clock.ms_per_step(), calls.flops() * calls.calls / max(len(clock.marks), 1), results
 
 
-def pixel_difference(results, reference) -> dict[str, float] | None:
-    """Mean and largest |difference| of two runs' pixels, on a 0-1 scale (same jobs, same seeds)."""
-    if reference is None:
-        return None
-    ours, theirs = _pixels(results), _pixels(reference)
-    if ours is None or theirs is None or ours.shape != theirs.shape:
-        return None
-    delta = np.abs(ours - theirs)
-    return {"mean": round(float(delta.mean()), 5), "max": round(float(delta.max()), 4)}
-
-
-def _pixels(results) -> np.ndarray | None:
-    arrays = []
-    for result in results:
-        for output in getattr(result, "items", []):
-            data = getattr(output, "frames", None)
-            data = np.asarray(output.image if data is None else data)
-            arrays.append(data.astype(np.float32) / 255.0 if data.dtype == np.uint8 else data.astype(np.float32))
-    return np.stack(arrays) if arrays else None
-
-
 def _guarded(bench: str, device: str, name: str, label: str, rows: Iterator[dict]) -> Iterator[dict]:
     """One variant's rows; a variant that fails (a switch this card or install cannot run) leaves a
     row with its error, and the next variants still run."""
@@ -104,14 +89,6 @@ def _guarded(bench: str, device: str, name: str, label: str, rows: Iterator[dict
                "trace": traceback.format_exc(limit=3)}
     finally:
         _free(device)
-
-
-def _graph_state(graphs) -> dict | None:
-    """What a module's CUDA graphs did in a variant: captured, replayed, ran eagerly, or failed."""
-    if graphs is None:
-        return None
-    return {"graphs": len(graphs.graphs), "replays": graphs.replays, "eager_calls": graphs.eager_calls,
-            "failed": graphs.failed}
 
 
 def _short(items: list[Generation]) -> list[Generation]:
@@ -228,7 +205,7 @@ def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
                        (label, seconds), "seconds_per_image", "lower", ms_per_step=_round(ms),
                        mfu=_round(utilisation(flops, ms, peak), 4), images_per_second=round(1 / seconds, 3),
                        ready_s=round(ready, 1), peak_gib=_peak_gib(device), pixel_difference=difference,
-                       warmup=getattr(engine, "warmup_report", None), graphs=_graph_state(engine.unet_graphs))
+                       warmup=getattr(engine, "warmup_report", None), graphs=graph_state(engine.unet_graphs))
 
     for key in chosen(asked, variants):
         label, switches = variants[key]
@@ -277,7 +254,7 @@ def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs
                        "seconds_per_job", "lower", ms_per_step=_round(ms),
                        mfu=_round(utilisation(flops, ms, peak), 4), ready_s=round(ready, 1), peak_gib=_peak_gib(device),
                        pixel_difference=difference, compiled=engine.compiled,
-                       graphs=_graph_state(engine.image_graphs))
+                       graphs=graph_state(engine.image_graphs))
 
     for key in chosen(asked, variants):
         label, switches, cached = variants[key]
@@ -394,50 +371,16 @@ def run_all(device: str, tiny: bool, out: Path, only: tuple[str, ...] = tuple(BE
             begun = time.monotonic()
             try:
                 for row in BENCHES[bench](device, name, tiny, Path(tmp), peak, configs, variants):
-                    table = _add(rows, row, peak, begun, out, name, tiny, started)
+                    table = add_row(rows, row, peak, begun, out, name, tiny, started)
             except Exception as exc:  # noqa: BLE001 - one bench failing must not lose the others' figures
                 failed = {"bench": bench, "device": name, "error": f"{type(exc).__name__}: {exc}",
                           "trace": traceback.format_exc(limit=3)}
-                table = _add(rows, failed, peak, begun, out, name, tiny, started)
+                table = add_row(rows, failed, peak, begun, out, name, tiny, started)
     return {"rows": rows, "table": table, "out": str(out)}
-
-
-def _add(rows: list[dict], row: dict, peak: float, begun: float, out: Path, name: str, tiny: bool,
-         started: float) -> str:
-    """Adds a row and rewrites the report: a run cut short (a lease's end, a later crash) keeps what it measured."""
-    row["peak_tflops_measured"] = round(peak, 3)
-    row["bench_seconds"] = round(time.monotonic() - begun, 1)
-    rows.append(row)
-    (out / "report.json").write_text(json.dumps(rows, indent=2, default=str))
-    table = markdown(rows, name, peak, tiny, time.monotonic() - started)
-    (out / "report.md").write_text(table)
-    return table
 
 
 def _round(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
-
-
-def markdown(rows: list[dict], device: str, peak: float, tiny: bool, seconds: float) -> str:
-    lines = [f"# ourvidz-worker bench all: {device}, {'tiny models' if tiny else 'full-size random weights'}",
-             "", f"Measured peak (matmul, {'bf16' if device != 'CPU' else 'fp32'}): {peak:.2f} TFLOP/s. "
-             f"Whole run: {seconds:.0f} s. Ratio = ours / baseline of each row's metric.", "",
-             "| bench | settings | baseline | ours | ratio | ms/step | MFU | ready s | pixels vs exact (mean/max) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['bench']} | {r.get('variant', '')} | | error: {r['error'][:160]} | | | | | |")
-            continue
-        metric = r["metric"]
-        settings = ", ".join(f"{k} {v}" for k, v in r["settings"].items() if k != "switches" and v not in (None, {}))
-        ours = r["ours"]
-        mfu = f"{ours['mfu'] * 100:.2f}%" if ours.get("mfu") is not None else ""
-        delta = ours.get("pixel_difference") or {}
-        pixels = f"{delta['mean']:g} / {delta['max']:g}" if delta else ""
-        lines.append(f"| {r['bench']} | {settings} | {r['baseline']['name']}: {r['baseline'][metric]:g} | "
-                     f"{ours['name']}: {ours[metric]:g} | {r['ratio']} ({r['better']} is better) | "
-                     f"{ours.get('ms_per_step') or ''} | {mfu} | {ours.get('ready_s', '')} | {pixels} |")
-    return "\n".join(lines) + "\n"
 
 
 def run_from_args(args) -> dict[str, Any]:

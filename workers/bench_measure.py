@@ -4,6 +4,8 @@
   not read from a spec sheet: model FLOPs utilisation is reported against it.
 - `CapturedCall` + `call_flops`: the arguments of a model's first real call during a generation,
   replayed once under torch's FLOP counter.
+- `pixel_difference`: how far one variant's pixels are from another's on the same jobs and seeds.
+- `graph_state`: what a module's CUDA graphs did in a variant.
 - `StepClock`: a run context that notes when each denoising step ends (ms per step, excluding
   text encoding and VAE decoding), without slowing the run it times.
 """
@@ -14,6 +16,7 @@ import contextlib
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
 from shared.engine import NoStops
@@ -108,3 +111,32 @@ def utilisation(flops_per_step: float, ms_per_step: float | None, peak: float) -
     if not ms_per_step or not peak or not flops_per_step:
         return None
     return flops_per_step / (ms_per_step / 1000) / (peak * 1e12)
+
+
+def pixel_difference(results, reference) -> dict[str, float] | None:
+    """Mean and largest |difference| of two runs' pixels, on a 0-1 scale (same jobs, same seeds)."""
+    if reference is None:
+        return None
+    ours, theirs = _pixels(results), _pixels(reference)
+    if ours is None or theirs is None or ours.shape != theirs.shape:
+        return None
+    delta = np.abs(ours - theirs)
+    return {"mean": round(float(delta.mean()), 5), "max": round(float(delta.max()), 4)}
+
+
+def _pixels(results) -> np.ndarray | None:
+    arrays = []
+    for result in results:
+        for output in getattr(result, "items", []):
+            data = getattr(output, "frames", None)
+            data = np.asarray(output.image if data is None else data)
+            arrays.append(data.astype(np.float32) / 255.0 if data.dtype == np.uint8 else data.astype(np.float32))
+    return np.stack(arrays) if arrays else None
+
+
+def graph_state(graphs) -> dict | None:
+    """What a module's CUDA graphs did in a variant: captured, replayed, ran eagerly, or failed."""
+    if graphs is None:
+        return None
+    return {"graphs": len(graphs.graphs), "replays": graphs.replays, "eager_calls": graphs.eager_calls,
+            "failed": graphs.failed}

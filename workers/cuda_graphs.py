@@ -41,6 +41,15 @@ log = get_logger(component="cuda_graphs")
 Capture = Callable[[Callable[[], Any], Any], Callable[[], None]]
 
 
+def graphs_wanted(setting, device: str, name: str) -> bool:
+    """A `*_CUDA_GRAPHS` setting: `auto` means on CUDA; `true` off CUDA is refused (no graphs there)."""
+    cuda = device.startswith("cuda")
+    wanted = cuda if setting == "auto" else bool(setting)
+    if wanted and not cuda:
+        raise ValueError(f"{name}=true needs a CUDA GPU, and this worker runs on {device}")
+    return wanted
+
+
 def cuda_capture(run: Callable[[], Any], pool) -> tuple[Callable[[], None], Any]:
     """Records `run` (after two eager runs on a side stream, which load kernels and settle the
     allocator) into a CUDA graph; returns (replay, outputs the graph writes)."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workers.cuda_graphs import cuda_capture, differs
+from workers.cuda_graphs import cuda_capture, differs, graphs_wanted
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LENGTH_STEP = 256  # slab lengths are multiples of this: a graph serves 256 steps before the next
@@ -46,10 +46,7 @@ def static_cache_fits() -> bool:
 
 def decode_graphs_on(config, device: str) -> bool:
     """`CHAT_CUDA_GRAPHS`: `auto` means on CUDA; refused off CUDA, where there are no graphs."""
-    wanted = device.startswith("cuda") if config.cuda_graphs == "auto" else bool(config.cuda_graphs)
-    if wanted and not device.startswith("cuda"):
-        raise ValueError(f"CHAT_CUDA_GRAPHS=true needs a CUDA GPU, and this worker runs on {device}")
-    return wanted
+    return graphs_wanted(config.cuda_graphs, device, "CHAT_CUDA_GRAPHS")
 
 
 def bucket_rows(rows: int) -> int:
@@ -180,12 +177,16 @@ class GraphedDecoder:
         self.slabs[key] = slab
         return slab
 
-    def _slab_bytes(self, rows: int, length: int) -> int:
+    def _kv_heads(self) -> tuple[int, int]:
+        """(key/value heads, head size) of the model's attention."""
         config = self.model.config
         heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return heads, getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+    def _slab_bytes(self, rows: int, length: int) -> int:
+        heads, head_dim = self._kv_heads()
         element = next(self.model.parameters()).element_size()
-        return 2 * config.num_hidden_layers * rows * heads * length * head_dim * element  # keys and values
+        return 2 * self.model.config.num_hidden_layers * rows * heads * length * head_dim * element  # keys, values
 
     def _bytes(self) -> int:
         return sum(self._slab_bytes(rows, length) for rows, length in self.slabs)
@@ -193,10 +194,8 @@ class GraphedDecoder:
     def _new_slab(self, rows: int, length: int) -> _Slab:
         from transformers import StaticCache
 
-        config = self.model.config
-        cache = StaticCache(config=config, max_cache_len=length)
-        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        cache = StaticCache(config=self.model.config, max_cache_len=length)
+        heads, head_dim = self._kv_heads()
         dtype = next(self.model.parameters()).dtype
         like = torch.zeros(rows, heads, 1, head_dim, dtype=dtype, device=self.device)
         for layer in cache.layers:

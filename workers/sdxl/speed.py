@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from shared.engine_settings import SDXLSettings
+from workers.cuda_graphs import graphs_wanted
 from workers.fp8 import quantize_fp8
 
 # Sizes the presets and the 2026-04 backend's `resolution` ask for (configs/presets.toml).
@@ -42,11 +43,9 @@ def graphs_on(config: SDXLSettings, device: str) -> bool:
     """`SDXL_CUDA_GRAPHS`: `auto` means on CUDA unless the whole UNet is compiled (whose own mode
     `reduce-overhead` is the way to graphs there). `true` is refused off CUDA and with a whole-UNet compile."""
     whole_unet = config.compile and not config.compile_regional
+    wanted = graphs_wanted(config.cuda_graphs, device, "SDXL_CUDA_GRAPHS")
     if config.cuda_graphs == "auto":
-        return device.startswith("cuda") and not whole_unet
-    wanted = bool(config.cuda_graphs)
-    if wanted and not device.startswith("cuda"):
-        raise ValueError(f"SDXL_CUDA_GRAPHS=true needs a CUDA GPU, and this worker runs on {device}")
+        return wanted and not whole_unet
     if wanted and whole_unet:
         raise ValueError("SDXL_CUDA_GRAPHS with a whole-UNet SDXL_COMPILE: use SDXL_COMPILE_MODE=reduce-overhead "
                          "(torch.compile's own CUDA graphs) or SDXL_COMPILE_REGIONAL=true")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from shared.engine_settings import WANSettings
+from workers.cuda_graphs import graphs_wanted
 from workers.fp8 import quantize_fp8
 from workers.wan.attention import apply_attention
 
@@ -37,10 +38,7 @@ def compiles(config: WANSettings, device: str) -> bool:
 
 def graphs_on(config: WANSettings, device: str) -> bool:
     """`WAN_CUDA_GRAPHS`: `auto` means on CUDA; never off CUDA, where there are no graphs."""
-    wanted = device.startswith("cuda") if config.cuda_graphs == "auto" else bool(config.cuda_graphs)
-    if wanted and not device.startswith("cuda"):
-        raise ValueError(f"WAN_CUDA_GRAPHS=true needs a CUDA GPU, and this worker runs on {device}")
-    return wanted
+    return graphs_wanted(config.cuda_graphs, device, "WAN_CUDA_GRAPHS")
 
 
 def batches_guidance(config: WANSettings, frames: int, image_graphs: bool = False) -> bool:
