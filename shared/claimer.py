@@ -15,6 +15,7 @@ import redis
 
 from shared.errors import BadPayload, JobError
 from shared.failures import as_job_error
+from shared.job import element_job_id
 from shared.keeper import retry_redis
 from shared.queue import Claimed
 from shared.task import Task
@@ -84,15 +85,7 @@ class Claimer:
             task.job = w.pipeline.parse(claimed.raw)
             task.job_id = task.job.id
         except Exception as exc:
-            if isinstance(exc, BadPayload) and exc.job_id is None:
-                # No id to report to: the dead-letter list is where an operator looks.
-                log.error("bad_payload_dead_lettered", error=exc.message)
-                reason = exc.message
-                retry_redis(w.log, lambda: w.queue.dead_letter(claimed, reason))
-                w._count("dead_lettered")
-                return
-            task.job_id = getattr(exc, "job_id", None) or ""
-            self._failed(task, exc, "decoding", log)
+            self._unreadable(task, exc, log)
             return
         log = log.bind(job_id=task.job_id)
         if w.queue.over_attempts(claimed):
@@ -110,6 +103,26 @@ class Claimer:
         task.prepared_at = time.monotonic()
         log.info("job_claimed", job_type=getattr(task.job, "type", None))
         w._enqueue(task)
+
+    def _unreadable(self, task: Task, exc: Exception, log) -> None:
+        """The one rule for an element that cannot be read, whatever reading it raised: a failed
+        report under the job id its top level carries, or the dead-letter list when it carries none.
+        The payload is at fault either way: one log line with the reason, never a traceback."""
+        w, claimed = self.worker, task.claimed
+        if isinstance(exc, JobError):
+            error = exc
+        else:  # a RecursionError, OverflowError... raised by a value no rule above names
+            error = BadPayload(f"payload could not be read ({type(exc).__name__}: {str(exc)[:200]})",
+                               error_type="bad_payload")
+        job_id = error.job_id or element_job_id(claimed.raw)
+        if job_id is None:
+            # No id to report to: the dead-letter list is where an operator looks.
+            log.error("bad_payload_dead_lettered", error=error.message)
+            retry_redis(w.log, lambda: w.queue.dead_letter(claimed, error.message))
+            w._count("dead_lettered")
+            return
+        task.job_id = job_id
+        w._submit_post(task, error)  # runtime logs it once, as job_failed with the id and the reason
 
     def _failed(self, task: Task, exc: Exception, stage: str, log) -> None:
         """A job that cannot reach the GPU: its report goes out now (a JobError as raised; anything

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from shared.errors import BadPayload, JobError
 from shared.job import Era, Job, References, decode_element, peek_job_id, queue_for_type
+from shared.numbers import NumberRefused, read_number
 from shared.payload import Payload, PayloadConfig, PayloadMetadata, flag
 from shared.presets import Presets, load_presets
 from shared.prompt_weights import WeightsError, normalize_weights
@@ -104,22 +105,21 @@ def _job(p: Payload, presets: Presets, policy: str, job_id: str) -> Job:
 
 def _number_or_fail(name: str, value: Any, bounds: list, job_id: str) -> int:
     try:
-        number = int(float(value))
-    except (TypeError, ValueError):
-        raise JobError("invalid_parameter", f"{name} must be a number, got {value!r}", job_id=job_id) from None
-    if isinstance(value, bool) or float(value) != number or not bounds[0] <= number <= bounds[1]:
-        raise JobError("invalid_parameter", f"{name}={value!r} is outside [{bounds[0]}, {bounds[1]}]", job_id=job_id)
-    return number
+        return read_number(name, value, whole=True, low=bounds[0], high=bounds[1])
+    except NumberRefused as exc:
+        raise JobError("invalid_parameter", str(exc), job_id=job_id) from None
 
 
 def _seed(config_seed: Any, metadata_seed: Any, top_seed: Any, b: dict, job_id: str) -> tuple[int, bool]:
-    """The payload's seed, or a fresh one (absent, or -1 as the UI sends for "random"), reported back."""
+    """The payload's seed, or a fresh one (absent, or negative: the UI sends -1 for "random"), reported back."""
     given = next((s for s in (config_seed, metadata_seed, top_seed) if s is not None and s != ""), None)
+    if given is None:
+        return random.SystemRandom().randrange(0, 2**32), False
     try:
-        negative = given is not None and not isinstance(given, bool) and float(given) < 0
-    except (TypeError, ValueError):
-        negative = False
-    if given is None or negative:
+        negative = read_number("seed", given) < 0
+    except NumberRefused as exc:
+        raise JobError("invalid_parameter", str(exc), job_id=job_id) from None
+    if negative:
         return random.SystemRandom().randrange(0, 2**32), False
     return _number_or_fail("seed", given, b["seed"], job_id), True
 
@@ -202,10 +202,6 @@ def _references(c: PayloadConfig, m: PayloadMetadata, engine: str, defaults: dic
 
 def _number_or_strength(value: Any, job_id: str) -> float:
     try:
-        strength = float(value)
-    except (TypeError, ValueError):
-        raise JobError("invalid_parameter", f"reference_strength must be a number, got {value!r}",
-                       job_id=job_id) from None
-    if isinstance(value, bool) or not 0.0 <= strength <= 1.0:
-        raise JobError("invalid_parameter", f"reference_strength={value!r} is outside [0.0, 1.0]", job_id=job_id)
-    return strength
+        return float(read_number("reference_strength", value, low=0.0, high=1.0))
+    except NumberRefused as exc:
+        raise JobError("invalid_parameter", str(exc), job_id=job_id) from None

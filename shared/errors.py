@@ -16,7 +16,11 @@ class JobError(Exception):
 
 
 class BadPayload(JobError):
-    """The payload itself is unusable; `job_id` is set when an id could still be read from it."""
+    """The payload itself is unusable; `job_id` is set when an id could still be read from it.
 
-    def __init__(self, message: str, job_id: str | None = None):
-        super().__init__("invalid_payload", message, job_id=job_id)
+    `invalid_payload`: a required field is missing or unsafe. `bad_payload`: the element could not
+    be read at all (not JSON, too large, too deep, a number too long, or anything reading it raised).
+    """
+
+    def __init__(self, message: str, job_id: str | None = None, error_type: str = "invalid_payload"):
+        super().__init__(error_type, message, job_id=job_id)

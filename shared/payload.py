@@ -8,7 +8,6 @@ the validation context: `Payload.model_validate(obj, context={"presets": ..., "j
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Literal
 
@@ -22,8 +21,10 @@ from pydantic import (
     model_validator,
 )
 
+from shared import bounded_json
 from shared.errors import BadPayload, JobError
 from shared.job import SAFE_ID
+from shared.numbers import NumberRefused, read_number
 
 VIDEO_MODES = ("none", "single", "start", "end", "both")
 
@@ -37,18 +38,12 @@ def _bad(info: ValidationInfo, message: str) -> JobError:
 
 
 def _number(name: str, value: Any, kind: type, info: ValidationInfo, bounds_key: str | None = None) -> Any:
-    if isinstance(value, bool):
-        raise _bad(info, f"{name} must be a number, got {value!r}")
-    try:
-        number = kind(float(value)) if kind is int else kind(value)
-    except (TypeError, ValueError, OverflowError):
-        raise _bad(info, f"{name} must be a number, got {value!r}") from None
-    if kind is int and float(value) != number:
-        raise _bad(info, f"{name} must be a whole number, got {value!r}")
     bounds = _ctx(info)["presets"].bounds.get(bounds_key or name) if "presets" in _ctx(info) else None
-    if bounds is not None and not (bounds[0] <= number <= bounds[1]):
-        raise _bad(info, f"{name}={value!r} is outside [{bounds[0]}, {bounds[1]}]")
-    return number
+    low, high = bounds if bounds is not None else (None, None)
+    try:
+        return kind(read_number(name, value, whole=kind is int, low=low, high=high))
+    except NumberRefused as exc:
+        raise _bad(info, str(exc)) from None
 
 
 def flag(value: Any) -> bool:
@@ -223,9 +218,9 @@ class Payload(_Section):
     def _object(cls, value: Any, info: ValidationInfo) -> dict:
         if isinstance(value, str):  # some backend paths double-encode nested objects
             try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                raise BadPayload(f"{info.field_name} is not a JSON object", _ctx(info).get("job_id")) from None
+                value = bounded_json.loads(value)
+            except bounded_json.JsonRefused as exc:
+                raise BadPayload(f"{info.field_name} is not a JSON object ({exc})", _ctx(info).get("job_id")) from None
         if not isinstance(value, dict):
             raise BadPayload(f"{info.field_name} must be an object", _ctx(info).get("job_id"))
         return value

@@ -9,23 +9,29 @@ of the backend's `compel_weights` column) and a list of terms are accepted as we
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
+
+from shared import bounded_json
+from shared.numbers import NumberRefused, read_number
 
 # `(some words:1.25)`: no nested parentheses inside, a signed decimal weight after the colon
 _A1111_WEIGHT = re.compile(r"\(\s*([^():]+?)\s*:\s*([+-]?\d+(?:\.\d+)?)\s*\)")
 MAX_WEIGHTS_CHARS = 4000
+WEIGHT_RANGE = (-10.0, 10.0)  # Compel multiplies embeddings by these; past ±10 an image is noise
 
 
 class WeightsError(ValueError):
     """`compel_weights` is present but cannot be read as weights."""
 
 
-def _format_weight(value: Any, term: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise WeightsError(f"compel_weights: the weight of {term[:40]!r} must be a number, got {value!r}")
-    return f"{float(value):g}"
+def _format_weight(value: Any, term: str, text_ok: bool = False) -> str:
+    try:
+        weight = read_number(f"compel_weights: the weight of {term[:40]!r}", value, low=WEIGHT_RANGE[0],
+                             high=WEIGHT_RANGE[1], text_ok=text_ok)
+    except NumberRefused as exc:
+        raise WeightsError(str(exc)) from None
+    return f"{float(weight):g}"
 
 
 def normalize_weights(value: Any) -> str | None:
@@ -36,12 +42,12 @@ def normalize_weights(value: Any) -> str | None:
         text = value.strip()
         if text.startswith("{") or text.startswith("["):
             try:  # the JSON text of an object or list: some backend paths double-encode
-                return normalize_weights(json.loads(text))
-            except json.JSONDecodeError:
+                return normalize_weights(bounded_json.loads(text, max_bytes=MAX_WEIGHTS_CHARS))
+            except bounded_json.JsonRefused:
                 pass  # a prompt fragment that merely starts with a bracket
         if len(text) > MAX_WEIGHTS_CHARS:
             raise WeightsError(f"compel_weights is {len(text)} characters, the limit is {MAX_WEIGHTS_CHARS}")
-        return _A1111_WEIGHT.sub(lambda m: f"({m[1]}){m[2]}", text) or None
+        return _A1111_WEIGHT.sub(lambda m: f"({m[1]}){_format_weight(m[2], m[1], text_ok=True)}", text) or None
     if isinstance(value, dict):
         parts = [f"({str(term).strip()}){_format_weight(weight, str(term))}" for term, weight in value.items()
                  if str(term).strip()]
