@@ -147,6 +147,8 @@ class BatchContext:
         self.poll_cancels()
         if item.id in self.cancelled or (task is not None and task.cancel_requested):
             raise JobError("cancelled", "cancelled by request")
+        if task is not None and task.deadline is not None and now > task.deadline:
+            raise JobError("cancelled", "the caller's deadline passed")
 
     def progress(self, item: Any, step: int, total: int) -> None:
         task, now = self.tasks.get(item.id), time.monotonic()

@@ -46,6 +46,7 @@ class Engine:
     # True: run() admits inputs between steps and finishes each through ctx.finish (see above);
     # it returns once none are left, and its return value is ignored.
     continuous: bool = False
+    rows: int = 0  # a continuous engine's requests on it now (ourvidz_engine_rows); batch engines leave 0
 
     def setup(self, device: str) -> None:
         """Load weights and warm up; the worker reports ready only after this returns."""

@@ -115,6 +115,8 @@ class ChatSettings(BaseSettings):
     default_max_tokens: int = Field(default=512, ge=1, validation_alias="CHAT_DEFAULT_MAX_TOKENS")
     max_tokens_limit: int = Field(default=4096, ge=1, validation_alias="CHAT_MAX_TOKENS_LIMIT")
     request_timeout_seconds: float = Field(default=120.0, gt=0, validation_alias="CHAT_REQUEST_TIMEOUT_SECONDS")
+    max_messages: int = Field(default=2000, ge=1, validation_alias="CHAT_MAX_MESSAGES",
+                              description="messages (or history turns) in one request; past it, a 400")
     enhance_system_prompt: str = Field(default=DEFAULT_ENHANCE_SYSTEM_PROMPT, validation_alias="CHAT_ENHANCE_SYSTEM_PROMPT")
     backend: Literal["auto", "transformers", "vllm"] = Field(
         default="auto", validation_alias="CHAT_BACKEND", description="auto: vllm on CUDA when installed, else transformers")

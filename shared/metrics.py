@@ -75,6 +75,8 @@ class WorkerMetrics:
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32), registry=self.registry,
         )
         self.busy = Gauge("ourvidz_worker_busy", "1 while the engine is running a batch", registry=self.registry)
+        self.engine_rows = Gauge("ourvidz_engine_rows", "Requests a continuous engine (chat) is decoding now",
+                                 registry=self.registry)
         # GPU-busy fraction = rate(ourvidz_gpu_busy_seconds_total): seconds the engine ran, summed.
         self.gpu_busy = Counter("ourvidz_gpu_busy_seconds", "Seconds the engine was running", registry=self.registry)
         self.generation_seconds = Histogram(

@@ -41,7 +41,7 @@ from shared.engine import Engine
 from shared.errors import JobError
 from shared.failures import as_job_error
 from shared.gpu import apply_memory_budget
-from shared.http import HttpServer, worker_app
+from shared.http import ConnectionLimits, HttpServer, worker_app
 from shared.keeper import Keeper, retry_redis
 from shared.logging import get_logger
 from shared.metrics import WorkerMetrics
@@ -65,6 +65,7 @@ class Worker:
         self.queue = JobQueue(redis_client, self.worker_id, queues, self.era, settings.lease_seconds,
                               settings.max_attempts, claim_client=claim_client_for(redis_client))
         self.metrics = WorkerMetrics(self.worker_id, engine.name, self.scrape_view)
+        self.metrics.engine_rows.set_function(lambda: engine.rows)
         self.log = get_logger(worker_id=self.worker_id, engine=engine.name)
         self.health_port = health_port if health_port is not None else settings.health_port
         self.install_signal_handlers = install_signal_handlers
@@ -103,7 +104,9 @@ class Worker:
             app = worker_app(self._health, self.metrics.render, self.max_body_bytes)
             if self.add_routes is not None:
                 self.add_routes(app, self)
-            self.http = HttpServer(app, port=self.health_port).start()
+            limits = ConnectionLimits(self.settings.http_header_timeout_seconds,
+                                      self.settings.http_body_timeout_seconds, self.settings.http_max_connections)
+            self.http = HttpServer(app, port=self.health_port, limits=limits).start()
             self.log.info("http_listening", port=self.http.port)
         if self.stopping.is_set():  # stopped before it started: nothing claimed, nothing to do
             self._close()
@@ -249,12 +252,15 @@ class Worker:
 
     # ------------------------------------------------------------------ sources, decode
 
-    def submit(self, plan: Plan, stream: Callable[[Any], None] | None = None) -> Task:
+    def submit(self, plan: Plan, stream: Callable[[Any], None] | None = None,
+               deadline: float | None = None) -> Task:
         """A local source (the chat HTTP API): run `plan` with the queued work. `task.future` gets
-        the outcome; `stream`, if given, each partial output the engine emits (it must not block)."""
+        the outcome; `stream`, if given, each partial output the engine emits (it must not block);
+        past `deadline` (time.monotonic()) the task is cancelled at the engine's next check."""
         if self.state not in ("ready", "busy"):
             raise RuntimeError(f"worker is {self.state}")
-        task = Task(job_id=plan.input.id, job=plan.job, plan=plan, future=Future(), stream=stream)
+        task = Task(job_id=plan.input.id, job=plan.job, plan=plan, future=Future(), stream=stream,
+                    deadline=deadline)
         self._enqueue(task)
         return task
 

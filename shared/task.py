@@ -27,6 +27,7 @@ class Task:
     progress_sent: list[Future] = field(default_factory=list)  # awaited before the terminal report
     stream: Callable[[Any], None] | None = None  # a local caller that wants partial output (never blocks)
     cancel_requested: bool = False  # a local caller gave up (disconnected, a stop sequence was met)
+    deadline: float | None = None  # a local caller's time.monotonic() past which it no longer waits
 
     @property
     def input(self) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
+import time
 import uuid
 from typing import Any
 
@@ -24,6 +24,7 @@ from shared.engine_settings import ChatSettings
 from shared.errors import JobError
 from shared.logging import get_logger
 from shared.runtime import Worker
+from workers.chat.callers import BadBody, Caller, CallerGone, json_body
 from workers.chat.openai_api import add_openai_routes
 from workers.chat.service import ChatJob
 
@@ -106,33 +107,48 @@ def add_chat_routes(app: FastAPI, worker: Worker) -> None:
     add_openai_routes(app, worker, api_keys)
 
     async def serve(kind: str, request: Request) -> JSONResponse:
+        deadline = time.monotonic() + settings.request_timeout_seconds
         if not api_keys.allow(request.headers.get("authorization"), kind):
             return _error(401, "missing or invalid bearer token")
         requests = pipeline.requests
         if worker.state not in ("ready", "busy") or requests is None:
             return _error(503, "model is loading")
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "body is not valid JSON")
+            body = await json_body(request)
+        except BadBody as exc:
+            return _error(400, str(exc))
+        except CallerGone:
+            return _error(499, "client closed the request")
         if not isinstance(body, dict):
             return _error(400, "body must be a JSON object")
         try:
             BODIES[kind].model_validate(body)
         except ValidationError as exc:
             return _error(400, _validation_message(exc))
-        job = ChatJob(id=uuid.uuid4().hex, kind=kind, body=body)
+        caller = Caller(request, deadline)
+        job = ChatJob(id=uuid.uuid4().hex, kind=kind, body=body, stop=caller.stopped)
+        task = None
         try:
             plan = await run_in_threadpool(pipeline.plan, job)  # tokenizing is CPU work: off the event loop
-            future = worker.submit(plan).future
-            outcome = await asyncio.wait_for(asyncio.wrap_future(future), timeout=settings.request_timeout_seconds)
+            task = worker.submit(plan, deadline=deadline)
+            outcome = await caller.wait(asyncio.wrap_future(task.future))
         except JobError as exc:
             return _error(400 if exc.error_type == "bad_request" else 503, exc.message)
         except TimeoutError:
+            if task is not None:
+                worker.cancel_local(task)  # its row goes at the next step; counted once, as cancelled
             return _error(504, "generation timed out")
+        except CallerGone:
+            if task is not None:
+                worker.cancel_local(task)
+            return _error(499, "client closed the request")
         except RuntimeError as exc:  # the worker is stopping
             return _error(503, str(exc))
+        finally:
+            caller.close()
         if isinstance(outcome, JobError):
+            if outcome.error_type == "cancelled":  # the deadline passed on the engine's side first
+                return _error(504, "generation timed out")
             log.error("chat_request_failed", error_type=outcome.error_type)
             return _error(500, f"internal error ({outcome.error_type})")
         return JSONResponse({**requests.reply(plan, outcome), "worker_id": worker.worker_id})

@@ -23,7 +23,10 @@ def _text(value: Any, name: str) -> str:
     return value
 
 
-def messages_from_request(body: dict[str, Any]) -> list[dict[str, str]]:
+def messages_from_request(body: dict[str, Any], max_messages: int | None = None) -> list[dict[str, str]]:
+    given = body.get("messages") if isinstance(body.get("messages"), list) else body.get("conversation_history")
+    if max_messages is not None and isinstance(given, list) and len(given) > max_messages:
+        raise BadRequest(f"{len(given)} messages, the limit is {max_messages} (CHAT_MAX_MESSAGES)")
     if isinstance(body.get("messages"), list):
         messages = []
         for i, m in enumerate(body["messages"]):
@@ -50,15 +53,41 @@ def messages_from_request(body: dict[str, Any]) -> list[dict[str, str]]:
     raise BadRequest("send `messages` (a list of {role, content}) or `message`")
 
 
-def fit_to_context(messages: list[dict[str, str]], count_tokens, budget: int) -> tuple[list[dict[str, str]], int]:
-    """Drop the oldest non-system turns until the prompt fits `budget` tokens. Returns (kept, dropped)."""
+def fit_to_context(messages: list[dict[str, str]], count_tokens, budget: int, count_text=None,
+                   stop=None) -> tuple[list[dict[str, str]], int]:
+    """Drop the oldest non-system turns until the prompt fits `budget` tokens. Returns (kept, dropped).
+
+    Linear in what is kept, never in what is dropped: turns are measured one at a time from the
+    newest (`count_text`, the tokens of one text) until the estimate passes the budget, so the
+    oldest turns of a long conversation are never tokenized. The estimate (each turn's tokens plus
+    the template's per-turn overhead) is then checked with exact counts of the kept prompt, which
+    drop one more turn each while it is still too long (rare: merges across the template's seams).
+    `stop()`, polled between turns, ends the work when the caller is gone or out of time.
+    """
+    count_text = count_text or (lambda text: count_tokens([{"role": "user", "content": text}]))
     system = [m for m in messages if m["role"] == "system"][:1]
     turns = [m for m in messages if m not in system]
-    dropped = 0
-    while len(turns) > 1 and count_tokens(system + turns) > budget:
-        turns.pop(0)
-        dropped += 1
-    kept = system + turns
-    if count_tokens(kept) > budget:
-        raise BadRequest(f"the system prompt and newest message alone are longer than the {budget}-token context")
-    return kept, dropped
+    blank = {"role": "user", "content": ""}
+    overhead = count_tokens(system + [blank, blank]) - count_tokens(system + [blank])
+    spent = count_tokens(system + [blank]) - overhead  # the system prompt and the reply's opening
+    first, costs = len(turns), {}  # turns[first:] are kept; costs: their estimated tokens
+    while first > 0:
+        if stop is not None and stop():
+            raise TimeoutError("the request ended while its conversation was being fitted")
+        cost = overhead + count_text(turns[first - 1]["content"])
+        newest = first == len(turns)
+        if spent + cost > budget and (not newest or spent + cost > 2 * budget):
+            if newest:  # far too long on its own: no exact count of a megabyte to say so
+                raise BadRequest(f"the newest message alone is longer than the {budget}-token context")
+            break
+        spent, first, costs[first - 1] = spent + cost, first - 1, cost
+    while True:
+        kept = system + turns[first:]
+        excess = count_tokens(kept) - budget
+        if excess <= 0:
+            return kept, first
+        if first >= len(turns) - 1:
+            raise BadRequest(f"the system prompt and newest message alone are longer than the {budget}-token context")
+        dropped = 0  # the estimate was short: drop at least the excess, by the estimates, then count again
+        while dropped < excess and first < len(turns) - 1:
+            dropped, first = dropped + costs[first], first + 1

@@ -51,6 +51,10 @@ class LoadedModel:
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         return len(self.prompt_ids(messages))
 
+    def count_text(self, text: str) -> int:
+        """The tokens of one message's text, template aside (context fitting's per-turn estimate)."""
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
 
 class ChatEngine(Engine):
     name = "chat"
@@ -146,6 +150,7 @@ class ChatEngine(Engine):
                         generator.abort(item.id)
                         del live[item.id]
                         ctx.finish(item, exc)
+                self.rows = len(live)
                 if not live:
                     return []
                 peak = max(peak, len(live))
@@ -167,6 +172,7 @@ class ChatEngine(Engine):
             generator.reset()  # the batch state after a failed step is not to be trusted
             raise
         finally:
+            self.rows = 0
             self.batch_sizes.append(peak)
 
     def describe(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ fitting, bounds) and into the same continuous batch as /chat. Where it differs f
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from shared.errors import JobError
 from shared.logging import get_logger
 from shared.runtime import Worker
+from workers.chat.callers import BadBody, Caller, CallerGone, json_body
 from workers.chat.service import ChatJob
 from workers.chat.streaming import Generation
 
@@ -150,49 +152,72 @@ def add_openai_routes(app: FastAPI, worker: Worker, api_keys) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        deadline = time.monotonic() + timeout
         refused = refusal(request)
         if refused is not None:
             return refused
         try:
-            raw = json.loads(await request.body())
+            raw = await json_body(request)
             body = CompletionBody.model_validate(raw)
             mapped, stops = service_body(body), stop_sequences(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return error(400, "body is not valid JSON")
+        except BadBody as exc:
+            return error(400, str(exc))
+        except CallerGone:
+            return error(499, "client closed the request")
         except ValidationError as exc:
             first = exc.errors()[0]
             return error(400, f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}")
         except Refused as exc:
             return error(400, str(exc))
-        job = ChatJob(id=f"chatcmpl-{uuid.uuid4().hex}", kind="chat", body=mapped)
+        caller = Caller(request, deadline)
+        job = ChatJob(id=f"chatcmpl-{uuid.uuid4().hex}", kind="chat", body=mapped, stop=caller.stopped)
         try:
             plan = await run_in_threadpool(pipeline.plan, job)  # tokenizing is CPU work: off the event loop
             requests = pipeline.requests
             name = plan.input.model
-            generation = Generation(worker, plan, pipeline.engine.models[name].tokenizer, stops, timeout,
+            generation = Generation(worker, plan, pipeline.engine.models[name].tokenizer, stops, deadline,
                                     stream=bool(body.stream))
         except JobError as exc:
+            caller.close()
             return error(400 if exc.error_type == "bad_request" else 503, exc.message)
+        except TimeoutError:
+            caller.close()
+            return error(504, "generation timed out", kind="timeout")
         except RuntimeError as exc:  # the worker is stopping
+            caller.close()
             return error(503, str(exc), kind="service_unavailable")
         envelope = {"id": job.id, "created": int(time.time()), "model": requests.public_id(name)}
         if body.stream:
+            caller.close()  # the streamed response notices a client that leaves by itself
             include_usage = bool((body.stream_options or {}).get("include_usage"))
             return StreamingResponse(_events(generation, envelope, include_usage), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        collecting = asyncio.ensure_future(_whole_text(generation))
         try:
-            text = "".join([piece async for piece in generation.text()])
+            text = await caller.wait(collecting)
+        except CallerGone:
+            collecting.cancel()  # generation.text() frees the row as it is cancelled
+            return error(499, "client closed the request")
         except TimeoutError:
+            collecting.cancel()
             return error(504, "generation timed out", kind="timeout")
         except JobError as exc:
+            if exc.error_type == "cancelled":  # the deadline passed on the engine's side first
+                return error(504, "generation timed out", kind="timeout")
             log.error("chat_request_failed", error_type=exc.error_type)
             return error(500, f"internal error ({exc.error_type})", kind="server_error")
+        finally:
+            caller.close()
         return JSONResponse({
             **envelope, "object": "chat.completion", "system_fingerprint": None,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                          "finish_reason": generation.finish_reason}],
             "usage": generation.usage(),
         })
+
+
+async def _whole_text(generation: Generation) -> str:
+    return "".join([piece async for piece in generation.text()])
 
 
 async def _events(generation: Generation, envelope: dict[str, Any], include_usage: bool) -> AsyncIterator[str]:

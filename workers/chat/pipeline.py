@@ -73,7 +73,8 @@ class ChatPipeline:
             cancelled = isinstance(outcome, JobError) and outcome.error_type == "cancelled"
             self.metrics.jobs.labels("cancelled" if cancelled else status).inc()
         if task.future is not None:  # an HTTP request: its handler formats the answer
-            task.future.set_result(outcome)
+            if not task.future.done():  # (a handler never cancels it; this keeps a report from ever raising)
+                task.future.set_result(outcome)
             return {"status": status}
         job: ChatJob = task.job
         if isinstance(outcome, JobError):

@@ -8,12 +8,14 @@ formats what the engine generated the way the backend reads it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shared.decode import Plan
 from shared.engine_settings import ChatSettings
+from shared.numbers import NumberRefused, read_number
 from workers.chat.conversation import BadRequest, fit_to_context, messages_from_request
 from workers.chat.engine import ChatEngine, ChatInput, LoadedModel
 from workers.chat.generator import Completion, Request
@@ -30,17 +32,17 @@ class ChatJob:
     body: dict
     reply_to: str | None = None
     type: str = "chat"
+    stop: Callable[[], bool] | None = None  # true once the caller is gone or out of time: decode stops
 
 
 def _number(body: dict, name: str, default, low, high, kind=float):
     value = body.get(name, default)
     if value is None:
         value = default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadRequest(f"{name} must be a number")
-    if not low <= value <= high:
-        raise BadRequest(f"{name}={value} is outside [{low}, {high}]")
-    return kind(value)
+    try:
+        return kind(read_number(name, value, whole=kind is int, low=low, high=high, text_ok=False))
+    except NumberRefused as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _from_inputs_parameters(body: dict) -> dict:
@@ -74,7 +76,7 @@ class ChatRequests:
         if job.kind not in KINDS:
             raise BadRequest(f"chat_queue job type must be chat or enhance, got {str(job.kind)[:40]!r}")
         started = time.perf_counter()
-        input_, facts = getattr(self, f"_{job.kind}")(job.id, job.body)
+        input_, facts = getattr(self, f"_{job.kind}")(job.id, job.body, job.stop)
         return Plan(job=job, input=input_, facts={**facts, "kind": job.kind, "started": started})
 
     def reply(self, plan: Plan, completion: Completion) -> dict[str, Any]:
@@ -145,25 +147,25 @@ class ChatRequests:
             ignore_eos=body.get("ignore_eos") is True,
         )
 
-    def _fit(self, model: LoadedModel, messages, max_tokens: int) -> tuple[list[int], int]:
+    def _fit(self, model: LoadedModel, messages, max_tokens: int, stop) -> tuple[list[int], int]:
         budget = model.generator.max_context - max_tokens
         if budget <= 0:
             raise BadRequest(f"max_tokens={max_tokens} leaves no room for the prompt in a "
                              f"{model.generator.max_context}-token context")
-        kept, dropped = fit_to_context(messages, model.count_tokens, budget)
+        kept, dropped = fit_to_context(messages, model.count_tokens, budget, model.count_text, stop)
         return model.prompt_ids(kept), dropped
 
-    def _chat(self, request_id: str, body: dict) -> tuple[ChatInput, dict[str, Any]]:
+    def _chat(self, request_id: str, body: dict, stop=None) -> tuple[ChatInput, dict[str, Any]]:
         model, choice = self._model(body)
         max_tokens = self._max_tokens(model, body)
-        ids, dropped = self._fit(model, messages_from_request(body), max_tokens)
+        ids, dropped = self._fit(model, messages_from_request(body, self.settings.max_messages), max_tokens, stop)
         return ChatInput(request_id, model.name, self._request(body, ids, max_tokens)), {"choice": choice,
                                                                                           "dropped": dropped}
 
-    def _enhance(self, request_id: str, body: dict) -> tuple[ChatInput, dict[str, Any]]:
+    def _enhance(self, request_id: str, body: dict, stop=None) -> tuple[ChatInput, dict[str, Any]]:
         model, choice = self._model(body)
         if isinstance(body.get("messages"), list):
-            messages = messages_from_request(body)
+            messages = messages_from_request(body, self.settings.max_messages)
             original = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         else:
             original = body.get("prompt")
@@ -174,11 +176,11 @@ class ChatRequests:
                 media="video" if video else "image", motion=", motion" if video else "")
             messages = [{"role": "system", "content": str(system)}, {"role": "user", "content": original}]
         max_tokens = self._max_tokens(model, body, default=256)  # a prompt, not an essay
-        ids, _ = self._fit(model, messages, max_tokens)
+        ids, _ = self._fit(model, messages, max_tokens, stop)
         return ChatInput(request_id, model.name, self._request(body, ids, max_tokens)), {"choice": choice,
                                                                                           "original": original}
 
-    def _generate(self, request_id: str, body: dict) -> tuple[ChatInput, dict[str, Any]]:
+    def _generate(self, request_id: str, body: dict, stop=None) -> tuple[ChatInput, dict[str, Any]]:
         """Plain continuation of `prompt`, no chat template (the base model's use).
 
         Also takes the 2025-08 body, `{inputs, parameters: {max_new_tokens, temperature, top_p,

@@ -84,15 +84,15 @@ class TextPieces:
 class Generation:
     """One request on the worker, followed from the event loop (see the module doc)."""
 
-    def __init__(self, worker: Worker, plan: Plan, tokenizer, stop: list[str] | None, timeout: float,
+    def __init__(self, worker: Worker, plan: Plan, tokenizer, stop: list[str] | None, deadline: float,
                  stream: bool):
-        self.worker, self.timeout = worker, timeout
+        self.worker, self.deadline = worker, deadline  # time.monotonic(), from the request's arrival
         self.prompt_tokens = len(plan.input.request.prompt_ids)
         self.loop = asyncio.get_running_loop()
         self.pieces = TextPieces(tokenizer, stop)
         self.updates: asyncio.Queue = asyncio.Queue()
         follow = stream or bool(self.pieces.stop)  # tokens are only sent here when someone reads them
-        self.task = worker.submit(plan, stream=self._on_tokens if follow else None)
+        self.task = worker.submit(plan, stream=self._on_tokens if follow else None, deadline=deadline)
         self.task.future.add_done_callback(lambda _: self.loop.call_soon_threadsafe(self.updates.put_nowait, None))
         self.completion: Completion | None = None
         self.finish_reason = "length"
@@ -103,7 +103,7 @@ class Generation:
     async def text(self) -> AsyncIterator[str]:
         """Text pieces as they are made. Raises JobError if the engine failed, TimeoutError past
         the request timeout; afterwards `completion`, `finish_reason` and `usage()` are set."""
-        deadline = time.monotonic() + self.timeout
+        deadline = self.deadline
         try:
             while True:
                 update = await asyncio.wait_for(self.updates.get(), max(0.0, deadline - time.monotonic()))
