@@ -71,6 +71,15 @@ class Settings(BaseSettings):
         description="torch.compile's cache, kept across restarts (default: torch's own, in /tmp)")
     worker_id: str = Field(default_factory=default_worker_id, validation_alias="WORKER_ID")
     health_port: int | None = Field(default=None, validation_alias="HEALTH_PORT")
+    http_header_timeout_seconds: float = Field(
+        default=10.0, gt=0, validation_alias="HTTP_HEADER_TIMEOUT_SECONDS",
+        description="a connection's request head (or its first byte) must arrive within this; else 408 and close")
+    http_body_timeout_seconds: float = Field(
+        default=30.0, gt=0, validation_alias="HTTP_BODY_TIMEOUT_SECONDS",
+        description="a request's whole body must arrive within this of its head; else 408 and close")
+    http_max_connections: int = Field(
+        default=1000, ge=1, validation_alias="HTTP_MAX_CONNECTIONS",
+        description="open connections past this are answered 503 and closed")
     device: str = Field(default="cuda", validation_alias="DEVICE", description="torch device for `run` (--device wins)")
     redis_wait_seconds: float = Field(default=10.0, ge=0, validation_alias="REDIS_WAIT_SECONDS",
                                       description="how long `run` waits for Redis to answer before giving up")
