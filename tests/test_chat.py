@@ -27,11 +27,11 @@ CHAT_KEY, WAN_KEY = "chat-key-0123456789", "wan-key-9876543210"
 class ChatServer:
     """A chat worker (the fleet's runtime, HTTP source only) on a thread, and where it listens."""
 
-    def __init__(self, tiny_chat, **chat_values):
+    def __init__(self, tiny_chat, settings_values=None, **chat_values):
         values = dict(chat_api_key=CHAT_KEY, wan_api_key=WAN_KEY, max_batch=8, batch_wait_ms=30, consume_queue=False)
         values.update(chat_values)
         chat = ChatSettings(**values)
-        settings = Settings(redis_url=TEST_REDIS_URL, worker_id="chat-test", chat=chat)
+        settings = Settings(redis_url=TEST_REDIS_URL, worker_id="chat-test", chat=chat, **(settings_values or {}))
         self.engine = ChatEngine(str(tiny_chat), chat)
         self.worker = build_worker(self.engine, settings, health_port=0, install_signal_handlers=False)
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
