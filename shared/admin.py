@@ -13,6 +13,7 @@ from typing import Any
 import redis
 
 from shared import keys
+from shared.errors import BadPayload
 from shared.job import Era, decode_element, peek_job_id
 from shared.queue import element_key, push_end
 
@@ -21,7 +22,9 @@ def job_id_of(raw: str) -> str | None:
     """The job id in a queue element, if one can be read."""
     try:
         return peek_job_id(decode_element(raw))
-    except Exception:  # an unreadable element has no id to match
+    except BadPayload as exc:  # unreadable as a whole: the id its top level carries, as the worker reads it
+        return exc.job_id
+    except Exception:  # an element no rule names has no id to match
         return None
 
 
