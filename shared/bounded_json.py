@@ -23,6 +23,8 @@ MAX_NUMBER_CHARS = 100  # a literal longer than this is no seed, size or weight 
 # A JSON string literal (escapes included), written so the regex engine never backtracks.
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _BRACKETS = re.compile(r"[\[\]{}]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # the JSON escape of any surrogate, paired or not
+_SURROGATE = re.compile("[\ud800-\udfff]")  # what json.loads leaves of a lone one
 _TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}:,]')
 
 
@@ -60,11 +62,25 @@ def loads(text: str | bytes, *, max_bytes: int | None = None, max_depth: int = M
     if depth > max_depth:
         raise JsonRefused(f"nested {depth} levels deep, the limit is {max_depth}")
     try:
-        return json.loads(text, parse_int=_number_literal(int), parse_float=_number_literal(float))
+        value = json.loads(text, parse_int=_number_literal(int), parse_float=_number_literal(float))
     except json.JSONDecodeError as exc:
         raise JsonRefused(f"not JSON: {exc.msg} at position {exc.pos}") from None
     except RecursionError:  # a deep stack already in use; the depth bound makes this unreachable otherwise
         raise JsonRefused(f"nested too deep to read (limit {max_depth})") from None
+    return _whole_text(value) if _SURROGATE_ESCAPE.search(text) else value
+
+
+def _whole_text(value: Any) -> Any:
+    """Strings with lone surrogates made whole: `"\\ud83d"` with no partner (a JavaScript string cut
+    mid-emoji spells it so) is no Unicode text, and would fail wherever it is encoded later (a
+    callback, a reply), so each becomes U+FFFD. Depth is already bounded here."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_whole_text(item) for item in value]
+    if isinstance(value, dict):
+        return {_whole_text(key): _whole_text(item) for key, item in value.items()}
+    return value
 
 
 def top_level_string(text: str | bytes, names: Iterable[str], accept) -> str | None:

@@ -93,6 +93,8 @@ def decode_element(raw: str | bytes | dict | list) -> dict[str, Any]:
     if isinstance(raw, str | bytes) and len(raw) > MAX_ELEMENT_BYTES:
         raise BadPayload(f"payload is {len(raw)} bytes, the limit is {MAX_ELEMENT_BYTES}", element_job_id(raw),
                          error_type="bad_payload")
+    if isinstance(raw, str) and not _is_utf8(raw):  # bytes that were not UTF-8, as the Redis client hands them over
+        raise BadPayload("payload is not UTF-8 text", element_job_id(raw), error_type="bad_payload")
     value: Any = raw
     for _ in range(4):  # text → array → text → object is the deepest real wrapping
         if isinstance(value, str | bytes):
@@ -111,6 +113,14 @@ def decode_element(raw: str | bytes | dict | list) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadPayload(f"payload is a JSON {type(value).__name__}, expected an object", error_type="bad_payload")
     return value
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def peek_job_id(payload: dict[str, Any]) -> str | None:

@@ -92,9 +92,15 @@ def push_end(era: Era) -> str:
     return "LEFT" if era == "v1" else "RIGHT"
 
 
+# An element that is not UTF-8 must still be claimed, reported and written back byte for byte:
+# strict decoding would raise inside the claim (after the server moved the element), so bytes
+# that are not UTF-8 become lone surrogates, which decode refuses and which encode back as they were.
+ENCODING_ERRORS = "surrogateescape"
+
+
 def element_key(raw: str) -> str:
     """What attempts are counted under: the element's SHA-1 (what Redis's `sha1hex` computes)."""
-    return hashlib.sha1(raw.encode("utf-8")).hexdigest()
+    return hashlib.sha1(raw.encode("utf-8", ENCODING_ERRORS)).hexdigest()  # the stored bytes, as Redis hashes them
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,8 @@ class Claimed:
 
 def connect(url: str, socket_timeout: float = SOCKET_TIMEOUT) -> redis.Redis:
     """A client whose socket timeout is set here, not left to the library's default (redis-py 8: 5 s)."""
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, socket_keepalive=True,
+    return redis.Redis.from_url(url, decode_responses=True, encoding_errors=ENCODING_ERRORS,
+                                health_check_interval=30, socket_keepalive=True,
                                 socket_timeout=socket_timeout, socket_connect_timeout=min(socket_timeout, 10.0))
 
 
@@ -122,7 +129,7 @@ def claim_client_for(client: redis.Redis) -> redis.Redis:
     from redis.retry import Retry
 
     pool = client.connection_pool
-    kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
+    kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0), "encoding_errors": ENCODING_ERRORS}
     return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
 
 

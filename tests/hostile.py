@@ -56,6 +56,7 @@ hostile_values = st.one_of(
     st.integers(min_value=-(10**40), max_value=10**40),
     st.floats(allow_nan=False, allow_infinity=False),
     st.sampled_from(["Infinity", "NaN", "1e400", "-1", "12", "0x10", " 7 ", "9" * 60]),
+    st.sampled_from(["a fox \ud83d", "\udc00 half an emoji", "\u0000 nul"]),  # lone surrogates: no Unicode text
     st.booleans(), st.none(), st.text(max_size=30),
     st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
     st.builds(lambda n: "x" * n, st.integers(10_001, 30_000)),
@@ -77,10 +78,15 @@ ID_FATES = ["kept"] * 6 + ["removed", "unsafe", "number", "too long", "deep"]
 
 @dataclass(frozen=True)
 class Element:
-    text: str
+    text: str  # bytes that are not UTF-8 appear as lone surrogates, as the worker's Redis client reads them
     job_id: str | None  # the id its top level carries, or None
     era: str
     queue: str
+
+    @property
+    def data(self) -> bytes:
+        """The element as stored in Redis."""
+        return self.text.encode("utf-8", "surrogateescape")
 
 
 @st.composite
@@ -106,10 +112,13 @@ def elements(draw, era: str, job_id: str):
         if fate == "removed":
             del payload[key]
     text = dumps(payload)
-    damage = draw(st.sampled_from(["none"] * 4 + ["truncated", "junk after", "double-encoded"]))
+    damage = draw(st.sampled_from(["none"] * 4 + ["truncated", "junk after", "double-encoded", "not UTF-8"]))
+    after_id = text.index(json.dumps(job_id)) + len(json.dumps(job_id)) if carried is not None else 0
     if damage == "truncated" and carried is not None:
-        start = text.index(json.dumps(job_id)) + len(json.dumps(job_id))
-        text = text[:draw(st.integers(start, len(text) - 1))]
+        text = text[:draw(st.integers(after_id, len(text) - 1))]
+    elif damage == "not UTF-8":  # a byte that is not UTF-8 (0xff), as a surrogate: see `Element.data`
+        at = draw(st.integers(after_id, len(text)))
+        text = text[:at] + "\udcff" + text[at:]
     elif damage == "junk after":
         text += draw(st.sampled_from(["}", "]]]", ",", "xyz", "\u0000"]))
     elif damage == "double-encoded":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -185,3 +186,38 @@ def test_a_1500_message_conversation_is_answered_within_seconds_and_the_cap_refu
     too_many = httpx.post(url(strict, route), json={"messages": messages * 2, "max_tokens": 4}, headers=headers,
                           timeout=30)
     assert too_many.status_code == 400 and "the limit is 2000" in too_many.json()["error"]
+
+
+AUTH = f"Authorization: Bearer {CHAT_KEY}\r\n"
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /chat HTTP/1.1\r\nHost: x\r\n" + AUTH.encode() + b"Content-Length: abc\r\n\r\n{}",
+    b"POST /chat HTTP/1.1\r\nHost: x\r\n" + AUTH.encode() + b"Content-Length: -5\r\n\r\n{}",
+    b"POST /chat HTTP/1.1\r\nHost: x\r\n" + AUTH.encode() + b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+    b"POST /chat HTTP/1.1\r\nHost: x\r\n" + AUTH.encode() + b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"mes",  # never ends
+    b"POST /chat HTTP/1.1\r\nHost: x\r\n" + AUTH.encode() + b"Transfer-Encoding: chunked\r\n\r\nfffffffff\r\n",
+    b"POST /chat HTTP/1.1\r\nHost: x\r\n" + AUTH.encode() + b"Expect: 100-continue\r\nContent-Length: 50\r\n\r\n",
+    b"POST /chat HTTP/1.1\r\nHost: x\r\n" + AUTH.encode() + b"Content-Length: 99999999999\r\n\r\n{",
+    b"POST /chat HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n",
+    b"POST /chat HTTP/1.1\r\nHost: x\r\n" + AUTH.encode() + b"Content-Length: 2\r\n\r\n{}GARBAGE / HTTP/9\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64,  # a TLS hello on the plain port
+])
+def test_every_body_trick_gets_a_4xx_or_a_close_within_the_deadlines(strict, request_bytes):
+    sock = socket.create_connection(("127.0.0.1", strict.port))
+    sock.settimeout(LIMITS["http_body_timeout_seconds"] + 3)
+    started = time.monotonic()
+    try:
+        sock.sendall(request_bytes)
+    except OSError:  # the server already hung up on it
+        return
+    reply = b""
+    try:  # until the connection closes or a final (not 1xx) status line and its headers are in
+        while not re.search(rb"HTTP/1.1 [2-5]\d\d [^\r]*\r\n(.+\r\n)*\r\n", reply) and (chunk := sock.recv(65536)):
+            reply += chunk
+    except ConnectionResetError:
+        pass
+    sock.close()
+    final = re.search(rb"HTTP/1.1 ([2-5]\d\d)", reply)
+    assert reply == b"" or (final and final[1].startswith(b"4") and final[1] != b"404"), reply[:300]
+    assert time.monotonic() - started < LIMITS["http_body_timeout_seconds"] + 2.5

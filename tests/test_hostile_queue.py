@@ -12,6 +12,7 @@ import uuid
 from collections import Counter
 
 import pytest
+import redis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +24,7 @@ from shared.errors import JobError
 from shared.job import element_job_id
 from shared.numbers import NumberRefused, read_number
 from shared.settings import DEFAULT_PRESETS
+from tests.conftest import TEST_REDIS_URL
 from tests.helpers import running_worker, wait_until
 from tests.hostile import deep, elements, hostile_values
 
@@ -89,19 +91,27 @@ def test_the_job_id_is_read_from_elements_that_cannot_be_parsed(text, expected):
 @pytest.mark.parametrize("era", ["v1", "v2"])
 def test_generated_hostile_batches_through_redis_and_a_worker_are_each_answered_exactly_once(
         era, make_settings, redis_client, backend, capfd):
-    sent = []
+    sent, texts = [], {}
+    raw_client = redis.Redis(connection_pool=redis.ConnectionPool.from_url(TEST_REDIS_URL))  # bytes in, as stored
 
     @settings(FIXED, max_examples=4, phases=[Phase.generate])  # shrinking through a worker would take minutes
     @given(st.lists(elements(era, PLACEHOLDER), min_size=30, max_size=30))
     def batch(generated):
         for element in generated:
             job_id = str(uuid.uuid4())  # fresh per element: generated ids could repeat across examples
-            text = element.text.replace(PLACEHOLDER, job_id)
+            data = element.data.replace(PLACEHOLDER.encode(), job_id.encode())
             sent.append(element.job_id and job_id)
-            (redis_client.lpush if era == "v1" else redis_client.rpush)(element.queue, text)
+            texts[job_id] = element.text[:300]
+            (raw_client.lpush if era == "v1" else raw_client.rpush)(element.queue, data)
         with_id = sum(job_id is not None for job_id in sent)
-        wait_until(lambda: len(backend.terminal_callbacks()) >= with_id
-                   and len(dead_letters(redis_client)) >= len(sent) - with_id, 60)
+        try:
+            wait_until(lambda: len(backend.terminal_callbacks()) >= with_id
+                       and len(dead_letters(redis_client)) >= len(sent) - with_id, 60)
+        except TimeoutError:
+            answered = {c["job_id"] for c in backend.terminal_callbacks()}
+            lost = [texts[j] for j in sent if j is not None and j not in answered]
+            raise AssertionError(f"{len(lost)} elements unanswered, {len(dead_letters(redis_client))} dead "
+                                 f"letters of {len(sent) - with_id} expected; first lost: {lost[:2]}") from None
 
     with running_worker(make_settings(contract=era)) as worker:
         batch()
