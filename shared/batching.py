@@ -1,74 +1,65 @@
-"""Which ready tasks run together, and what the engine sees of the runtime while they run.
+"""What the engine sees of the runtime while a batch runs, and the GPU loop's watchdog clock.
 
-`next_batch`: the first task in line, plus compatible ones (an equal `engine.batch_key`) up to
-`engine.max_batch_images` counted in `engine.cost`. A batch waits at most the batch window for
-company, and never when it is already full. `BatchContext`: the stop checks and progress
-reports the engine calls between steps; `ContinuousContext` adds the joining and leaving of
-inputs between steps, for a continuous engine.
+`BatchContext`: the stop checks and progress reports the engine calls between steps;
+`ContinuousContext` adds the joining and leaving of inputs between steps, for a continuous
+engine. Which tasks form a batch is the ready line's (shared/line.py `take_batch`).
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import redis
 
-from shared import keys
+from shared.engine import Engine
 from shared.errors import JobError
-
-if TYPE_CHECKING:  # the runtime imports this module; only the type is needed here
-    from shared.runtime import Worker
-    from shared.task import Task
+from shared.handoff import Handoff
+from shared.line import ReadyLine, StopSignal
+from shared.metrics import WorkerMetrics
+from shared.queue import JobQueue
+from shared.retry import quietly
+from shared.settings import Settings
+from shared.stages import Stages
+from shared.task import Task
 
 PROGRESS_INTERVAL = 2.0  # at most one progress report per job this often
 CANCEL_POLL_INTERVAL = 1.0  # cancellation flags of a running batch are read this often
 
 
-def next_batch(worker: Worker) -> list[Task] | None:
-    """Block until there is work; None when the worker is stopping or has nothing more to do."""
-    engine, cond, ready = worker.engine, worker._cond, worker._ready
-    with cond:
-        while not ready:
-            if worker.stopping.is_set() or (worker._claimer_done and worker._preparing == 0 and not worker.accepts_local):
-                return None
-            cond.wait(0.5)
-        if worker.stopping.is_set():
-            return None
-        first = ready.popleft()
-        batch, cost = [first], engine.cost(first.input)
-        key = engine.batch_key(first.input)
-        if key is None:
-            return batch
-        wait_ms = engine.batch_wait_ms if engine.batch_wait_ms is not None else worker.settings.batch_wait_ms
-        window_end = time.monotonic() + wait_ms / 1000
-        while cost < engine.max_batch_images:
-            taken = _take_compatible(worker, key, engine.max_batch_images - cost)
-            for task in taken:
-                batch.append(task)
-                cost += engine.cost(task.input)
-            remaining = window_end - time.monotonic()
-            if cost >= engine.max_batch_images or remaining <= 0 or worker.stopping.is_set():
-                break
-            if not taken:
-                cond.wait(remaining)
-        return batch
+class BatchClock:
+    """When the input that has been on the engine longest started: the hung-engine watchdog's
+    clock (shared/keeper.py reads it). Only the GPU loop sets it."""
+
+    def __init__(self):
+        self._started: float | None = None
+
+    @property
+    def started(self) -> float | None:
+        return self._started
+
+    def start(self, at: float) -> None:
+        self._started = at
+
+    def stop(self) -> None:
+        self._started = None
 
 
-def _take_compatible(worker: Worker, key, budget: int, in_line: bool = False) -> list[Task]:
-    """Ready tasks with this batch key, up to `budget` in cost. `in_line`: only from the head of
-    the line, stopping at the first task of another kind (so a continuous run that keeps
-    admitting never starves a different model waiting behind it)."""
-    taken = []
-    for task in list(worker._ready):
-        cost = worker.engine.cost(task.input)
-        if cost <= budget and worker.engine.batch_key(task.input) == key:
-            worker._ready.remove(task)
-            taken.append(task)
-            budget -= cost
-        elif in_line:
-            break
-    return taken
+@dataclass(frozen=True)
+class GpuSide:
+    """What a batch context works with: the GPU loop's collaborators, given rather than reached for."""
+
+    engine: Engine
+    queue: JobQueue
+    stages: Stages
+    line: ReadyLine
+    handoff: Handoff
+    clock: BatchClock
+    stop: StopSignal
+    settings: Settings
+    metrics: WorkerMetrics
+    log: Any
 
 
 def job_type_of(task: Task) -> str:
@@ -84,8 +75,8 @@ class BatchContext:
     CANCEL_POLL_INTERVAL, not one read per job per step: a long video costs a few commands.
     """
 
-    def __init__(self, worker: Worker):
-        self.worker = worker
+    def __init__(self, gpu: GpuSide):
+        self.gpu = gpu
         self.tasks: dict[str, Task] = {}
         self.cancelled: set[str] = set()
         self._polled = float("-inf")
@@ -94,21 +85,17 @@ class BatchContext:
         """Put `tasks` on the engine: the ones that may run, checked, stamped and reported started.
         One Redis round trip first: which were cancelled while they waited (they never start), and
         the held ones marked as on the engine (a death from here on is charged to them)."""
-        worker = self.worker
+        gpu = self.gpu
         for task in tasks:
             self.tasks[task.job_id] = task
         claims = [task.claimed for task in tasks if task.claimed is not None]
         if claims:
             held = [task.job_id for task in tasks if task.claimed is not None]
             try:
-                pipe = worker.redis.pipeline(transaction=False)
-                pipe.mget([keys.cancel(job_id) for job_id in held])
-                worker.queue.on_engine(claims, pipe)
-                flags = pipe.execute()[0]
-                self.cancelled |= {job_id for job_id, flag in zip(held, flags, strict=True) if flag}
+                self.cancelled |= gpu.queue.on_engine(claims, held)
                 self._polled = time.monotonic()
             except redis.RedisError as exc:  # bookkeeping only: the batch goes on
-                worker.log.warning("redis_bookkeeping_failed", error=str(exc))
+                gpu.log.warning("redis_bookkeeping_failed", error=str(exc))
         live, now = [], time.monotonic()
         for task in tasks:
             task.started_at = task.last_progress = now  # the start report counts toward the throttle
@@ -118,8 +105,8 @@ class BatchContext:
                 self.finish(task.input, exc)
                 continue
             live.append(task)
-            worker.metrics.stage_seconds.labels("wait_for_gpu").observe(now - task.prepared_at)
-            sent = worker.pipeline.started(task)
+            gpu.metrics.stage_seconds.labels("wait_for_gpu").observe(now - task.prepared_at)
+            sent = gpu.stages.started(task)
             if sent is not None:
                 task.progress_sent.append(sent)
         return live
@@ -128,20 +115,20 @@ class BatchContext:
         """Off the engine (a death while it is delivered costs it nothing) and on to delivery."""
         task = self.tasks[item.id]
         if task.claimed is not None:
-            self.worker._redis_quietly(lambda: self.worker.queue.off_engine([task.claimed]))
-        self.worker._submit_post(task, outcome)
+            quietly(self.gpu.log, lambda: self.gpu.queue.off_engine([task.claimed]))
+        self.gpu.handoff.hand_off(task, outcome)
 
     def poll_cancels(self) -> None:
         if time.monotonic() - self._polled >= CANCEL_POLL_INTERVAL:
             held = [job_id for job_id, task in self.tasks.items() if task.claimed is not None]
-            self.cancelled |= self.worker.cancelled_among(held)
+            self.cancelled |= self.gpu.queue.cancelled_among(held)
             self._polled = time.monotonic()
 
     def check(self, item: Any) -> None:
-        worker, now, task = self.worker, time.monotonic(), self.tasks.get(item.id)
-        if worker.stopping.is_set() and now >= worker.stop_deadline:
+        gpu, now, task = self.gpu, time.monotonic(), self.tasks.get(item.id)
+        if gpu.stop.overdue(now):
             raise JobError("shutdown", "worker shut down before the job finished", retryable=True)
-        timeout = worker.settings.job_timeout_seconds
+        timeout = gpu.settings.job_timeout_seconds
         if task is not None and task.started_at is not None and now > task.started_at + timeout:
             raise JobError("timeout", f"job ran past JOB_TIMEOUT_SECONDS={timeout:g}")
         self.poll_cancels()
@@ -157,7 +144,7 @@ class BatchContext:
         task.last_progress = now
         meta = {"job_type": getattr(task.job, "type", None), "progress": round(step / max(total, 1), 4),
                 "step": step, "total_steps": total}
-        sent = self.worker.pipeline.progress(task, meta)
+        sent = self.gpu.stages.progress(task, meta)
         if sent is not None:
             task.progress_sent.append(sent)
 
@@ -174,36 +161,33 @@ class ContinuousContext(BatchContext):
     """For a continuous engine: inputs join between steps (`admit`) and leave when done (`finish`).
 
     A finished input leaves `tasks` too, so a run that goes on for hours under steady load keeps
-    only what is on the engine (and reads only their cancellation flags). The keeper's hung-engine
-    watchdog watches the oldest input still on the engine, since the run itself may go on for as
-    long as work keeps arriving.
+    only what is on the engine (and reads only their cancellation flags). The hung-engine
+    watchdog's clock follows the oldest input still on the engine, since the run itself may go on
+    for as long as work keeps arriving.
     """
 
-    def __init__(self, worker: Worker, key):
-        super().__init__(worker)
+    def __init__(self, gpu: GpuSide, key):
+        super().__init__(gpu)
         self.key = key
 
     def admit(self, budget: int) -> list[Any]:
-        worker = self.worker
-        if budget <= 0 or worker.stopping.is_set() or self.key is None:
+        gpu = self.gpu
+        if budget <= 0 or gpu.stop.is_set() or self.key is None:
             return []
-        with worker._cond:
-            if not worker._ready:
-                return []
-            taken = _take_compatible(worker, self.key, budget, in_line=True)
+        taken = gpu.line.take_compatible(gpu.engine, self.key, budget)
         live = self.begin(taken) if taken else []
         return [task.input for task in live]
 
     def finish(self, item: Any, outcome: Any) -> None:
         task = self.tasks[item.id]
         if task.started_at is not None:
-            self.worker.metrics.generation_seconds.labels(job_type_of(task)).observe(
+            self.gpu.metrics.generation_seconds.labels(job_type_of(task)).observe(
                 time.monotonic() - task.started_at)
         super().finish(item, outcome)
         del self.tasks[item.id]
         self.cancelled.discard(item.id)
         running = [t.started_at for t in self.tasks.values() if t.started_at is not None]
-        self.worker.keeper.batch_started = min(running, default=time.monotonic())
+        self.gpu.clock.start(min(running, default=time.monotonic()))
 
     def unfinished(self) -> list[Task]:
         return list(self.tasks.values())

@@ -12,38 +12,26 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 
-if TYPE_CHECKING:
-    from shared.outbox import CallbackSender
-    from shared.runtime import Worker
-    from shared.task import Task
+from shared.batching import BatchClock
+from shared.outbox import CallbackSender
+from shared.queue import JobQueue
+from shared.retry import REDIS_RETRY_ATTEMPTS, retry_redis
+from shared.settings import Settings
+from shared.task import Task
 
 WATCHDOG_GRACE = 60.0  # past timeout + this, an engine that never checks in is presumed hung
-REDIS_RETRY_ATTEMPTS = 8  # about 30 s of backoff
-
-
-def retry_redis(log, call: Callable[[], Any], attempts: int = REDIS_RETRY_ATTEMPTS) -> Any:
-    """Redis blips must not strand a finished job: retry with backoff before giving up."""
-    delay = 0.25
-    for attempt in range(attempts):
-        try:
-            return call()
-        except redis.RedisError as exc:
-            if attempt == attempts - 1:
-                raise
-            log.warning("redis_retry", error=str(exc), retry_in=delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 15.0)
 
 
 class Keeper:
-    def __init__(self, worker: Worker, outbox: CallbackSender | None):
-        self.worker = worker
+    def __init__(self, queue: JobQueue, settings: Settings, log: Any, outbox: CallbackSender | None,
+                 clock: BatchClock):
+        self.queue, self.settings, self.log = queue, settings, log
         self.outbox = outbox
-        self.batch_started: float | None = None  # set by the GPU loop while a batch runs
+        self.clock = clock  # the GPU loop's: when the input on the engine longest started
         self.redis_retry_attempts = REDIS_RETRY_ATTEMPTS  # tries before an acknowledgement is deferred
         self._deferred: list[Callable[[], Any]] = []  # acknowledgements Redis refused; retried here
         self._lock = threading.Lock()
@@ -57,7 +45,7 @@ class Keeper:
         try:
             self.run_deferred()
         except redis.RedisError:  # still held in Redis: a reaper returns them once our lease lapses
-            self.worker.log.error("acks_left_undone", count=len(self._deferred))
+            self.log.error("acks_left_undone", count=len(self._deferred))
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
@@ -65,25 +53,25 @@ class Keeper:
     def releaser(self, task: Task, dead_letter: str | None):
         """How a finished job leaves its queue, before its callback goes out (shared/deliver.py,
         `Release`): handed over with its result (or dead-lettered) in one atomic step."""
-        worker, claimed = self.worker, task.claimed
-        ttl = worker.settings.result_ttl_seconds
+        claimed, log = task.claimed, self.log
+        ttl = self.settings.result_ttl_seconds
 
         def release(record: dict[str, Any] | None, entry: str | None):
             cancelled = bool(record) and record.get("metadata", {}).get("error_type") == "cancelled"
 
             def hand_over(callback_entry: str | None) -> bool:
                 until = self.outbox.sending_deadline() if self.outbox is not None else None
-                return worker.queue.handover(claimed, task.job_id or None, record, callback_entry, ttl, dead_letter,
+                return self.queue.handover(claimed, task.job_id or None, record, callback_entry, ttl, dead_letter,
                                              clear_cancel=cancelled, sending_until=until)
 
             try:
-                held = retry_redis(worker.log, lambda: hand_over(entry), self.redis_retry_attempts)
+                held = retry_redis(log, lambda: hand_over(entry), self.redis_retry_attempts)
                 return self._settler(entry) if held else None
             except redis.RedisError:
                 # Redis is away: the callback goes out now; the job stays held (our lease protects
                 # it) and is let go of once Redis answers, with the callback in the outbox if it
                 # could not be delivered.
-                worker.log.error("ack_deferred", job_id=task.job_id)
+                log.error("ack_deferred", job_id=task.job_id)
 
                 def after_sending(delivery: str) -> None:
                     def let_go() -> None:
@@ -106,7 +94,7 @@ class Keeper:
             try:
                 self.outbox.settle(entry, delivery)
             except redis.RedisError:  # the entry stays parked; reaping or shutdown returns it to the outbox
-                self.worker.log.warning("callback_settle_failed")
+                self.log.warning("callback_settle_failed")
 
         return settle
 
@@ -126,24 +114,23 @@ class Keeper:
                 raise
 
     def _loop(self) -> None:
-        worker = self.worker
-        interval = max(0.2, worker.settings.lease_seconds / 3)
+        interval = max(0.2, self.settings.lease_seconds / 3)
         while not self._stop.wait(interval):
             try:
-                worker.queue.heartbeat()
+                self.queue.heartbeat()
                 self.run_deferred()
-                returned = worker.queue.reap_dead_workers()
+                returned = self.queue.reap_dead_workers()
                 if returned:
-                    worker.log.warning("reclaimed_dead_worker_jobs", count=returned)
+                    self.log.warning("reclaimed_dead_worker_jobs", count=returned)
                 if self.outbox is not None:
                     self.outbox.flush_outbox()
             except redis.RedisError as exc:
-                worker.log.warning("keeper_redis_error", error=str(exc))
+                self.log.warning("keeper_redis_error", error=str(exc))
             except Exception:
-                worker.log.exception("keeper_error")
-            started = self.batch_started
-            if started is not None and time.monotonic() - started > worker.settings.job_timeout_seconds + WATCHDOG_GRACE:
+                self.log.exception("keeper_error")
+            started = self.clock.started
+            if started is not None and time.monotonic() - started > self.settings.job_timeout_seconds + WATCHDOG_GRACE:
                 # The engine never returned to check its deadline (a hung kernel). Exiting lets
                 # the lease lapse so another worker retries the job; attempts bound the retries.
-                worker.log.critical("engine_hung_exiting", seconds=round(time.monotonic() - started))
+                self.log.critical("engine_hung_exiting", seconds=round(time.monotonic() - started))
                 os._exit(70)

@@ -63,7 +63,8 @@ def _gpu_memory() -> dict[str, float] | None:
 
 
 class WorkerMetrics:
-    def __init__(self, worker_id: str, engine: str, view: Callable[[], dict[str, Any]]):
+    def __init__(self, worker_id: str, engine: str):
+        self.worker_id = worker_id
         self.registry = CollectorRegistry()
         labels = {"worker_id": worker_id, "engine": engine}
         self.jobs = Counter("ourvidz_jobs", "Jobs finished, by outcome", ["outcome"], registry=self.registry)
@@ -84,7 +85,10 @@ class WorkerMetrics:
             buckets=STAGE_BUCKETS, registry=self.registry)
         self.info = Gauge("ourvidz_worker_info", "Worker identity", list(labels), registry=self.registry)
         self.info.labels(**labels).set(1)
-        self.registry.register(_LiveGauges(view, worker_id))
+
+    def watch_queues(self, view: Callable[[], dict[str, Any]]) -> None:
+        """Report what `view` reads from Redis at each scrape (the worker's queues and the fleet's)."""
+        self.registry.register(_LiveGauges(view, self.worker_id))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

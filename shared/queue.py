@@ -278,11 +278,27 @@ class JobQueue:
     def over_attempts(self, claimed: Claimed) -> bool:
         return claimed.attempts > self.max_attempts
 
-    def on_engine(self, claims: list[Claimed], pipe=None) -> None:
-        """These jobs are on the GPU now: a death from here on is charged to them. With `pipe`, the
-        command joins that pipeline (the runtime sends it with the batch's cancellation read)."""
+    def on_engine(self, claims: list[Claimed], job_ids: list[str] = ()) -> set[str]:
+        """These jobs are on the GPU now: a death from here on is charged to them. In the same
+        round trip, which of `job_ids` were cancelled while they waited (they never start)."""
+        if not claims and not job_ids:
+            return set()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.mget([keys.cancel(job_id) for job_id in job_ids] or [keys.cancel("")])
         if claims:
-            (pipe or self.redis).sadd(keys.running(self.worker_id), *{c.attempt_key for c in claims})
+            pipe.sadd(keys.running(self.worker_id), *{c.attempt_key for c in claims})
+        flags = pipe.execute()[0]
+        return {job_id for job_id, flag in zip(job_ids, flags, strict=False) if flag}
+
+    def cancelled_among(self, job_ids: list[str]) -> set[str]:
+        """Which of these jobs were cancelled: one MGET (none when Redis is away)."""
+        if not job_ids:
+            return set()
+        try:
+            flags = self.redis.mget([keys.cancel(j) for j in job_ids])
+        except redis.RedisError:
+            return set()
+        return {j for j, flag in zip(job_ids, flags, strict=True) if flag}
 
     def off_engine(self, claims: list[Claimed]) -> None:
         """The engine is done with them: a death while they are delivered costs them nothing."""

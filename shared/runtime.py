@@ -8,13 +8,15 @@ Threads, and why each exists:
 - main ("gpu"): takes ready tasks, groups compatible ones, calls `engine.run`. Nothing else
   runs here, so the next batch starts the moment the previous one leaves the GPU.
 - claimer (shared/claimer.py): claims raw elements from Redis and decodes them (parse,
-  references, enhancement, the engine's input) ahead of the GPU, keeping a small buffer.
-- post pool (POST_WORKERS threads): delivers behind the GPU, then lets go of the job. Bounded,
-  so a slow store slows the GPU loop instead of filling memory.
+  references, enhancement, the engine's input) ahead of the GPU, into the ready line.
+- post pool (shared/handoff.py, POST_WORKERS threads): delivers behind the GPU, then lets go of
+  the job. Bounded, so a slow store slows the GPU loop instead of filling memory.
 - keeper (shared/keeper.py): lease, reaping, outbox, deferred acks, the hung-engine watchdog.
 - http: /health, /metrics and any engine routes (uvicorn); the chat API submits here too.
-Batches are chosen in shared/batching.py; outcomes go out through the pipeline's `report`
-(shared/deliver.py for images and videos).
+Each piece of shared state has one owner: the ready line (shared/line.py) holds the tasks
+waiting for the GPU and picks batches; the GPU loop's clock (shared/batching.py) is what the
+watchdog reads; outcomes go out through the stages' `report` (shared/deliver.py for images and
+videos).
 """
 
 from __future__ import annotations
@@ -23,17 +25,15 @@ import logging
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import redis
 
-from shared import keys
 from shared.admin import element_age
 from shared.announce import announce_in_background
-from shared.batching import BatchContext, ContinuousContext, job_type_of, next_batch
+from shared.batching import BatchClock, BatchContext, ContinuousContext, GpuSide, job_type_of
 from shared.claimer import Claimer
 from shared.compile_cache import use_compile_cache
 from shared.decode import Plan
@@ -41,30 +41,36 @@ from shared.engine import Engine
 from shared.errors import JobError
 from shared.failures import as_job_error
 from shared.gpu import apply_memory_budget
+from shared.handoff import Handoff
 from shared.http import ConnectionLimits, HttpServer, worker_app
-from shared.keeper import Keeper, retry_redis
+from shared.keeper import Keeper
+from shared.line import ReadyLine, StopSignal
 from shared.logging import get_logger
 from shared.metrics import WorkerMetrics
 from shared.outbox import CallbackSender
-from shared.pipeline import Pipeline
 from shared.queue import JobQueue, claim_client_for
+from shared.retry import quietly, retry_redis
 from shared.settings import Settings
+from shared.stages import Stages
 from shared.task import Task
 
 
 class Worker:
-    def __init__(self, engine: Engine, settings: Settings, pipeline: Pipeline, *, redis_client: redis.Redis,
+    def __init__(self, engine: Engine, settings: Settings, stages: Stages, *, redis_client: redis.Redis,
                  queues: tuple[str, ...], outbox: CallbackSender | None = None, device: str = "cpu",
                  max_jobs: int | None = None, health_port: int | None = None, install_signal_handlers: bool = True,
                  announce_function: str | None = None, add_routes: Callable[[Any, Worker], None] | None = None,
-                 max_body_bytes: int = 1024 * 1024):
-        self.engine, self.settings, self.pipeline = engine, settings, pipeline
+                 max_body_bytes: int = 1024 * 1024, metrics: WorkerMetrics | None = None,
+                 claim_from_queues: bool = True):
+        self.engine, self.settings, self.stages = engine, settings, stages
         self.era, self.device, self.max_jobs = settings.contract, device, max_jobs
         self.worker_id = settings.worker_id
         self.redis = redis_client
         self.queue = JobQueue(redis_client, self.worker_id, queues, self.era, settings.lease_seconds,
                               settings.max_attempts, claim_client=claim_client_for(redis_client))
-        self.metrics = WorkerMetrics(self.worker_id, engine.name, self.scrape_view)
+        # Made by the registry before the stages (which count into it); bound to this worker's view here.
+        self.metrics = metrics or WorkerMetrics(self.worker_id, engine.name)
+        self.metrics.watch_queues(self.scrape_view)
         self.metrics.engine_rows.set_function(lambda: engine.rows)
         self.log = get_logger(worker_id=self.worker_id, engine=engine.name)
         self.health_port = health_port if health_port is not None else settings.health_port
@@ -73,24 +79,21 @@ class Worker:
         self.add_routes = add_routes
         self.max_body_bytes = max_body_bytes
         self.accepts_local = add_routes is not None  # an HTTP source keeps the GPU loop serving
-        self.claims_enabled = True  # False: serve local submissions only (CHAT_CONSUME_QUEUE=false)
+        self.claim_from_queues = claim_from_queues  # False: serve local submissions only (CHAT_CONSUME_QUEUE=false)
 
         self.state = "starting"
         self.setup_error: str | None = None
-        self.stopping = threading.Event()
-        self.stop_deadline = float("inf")
-        self._ready: deque[Task] = deque()
-        self._cond = threading.Condition()
-        self._preparing = 0
-        self._claims = 0
-        self._claimer_done = False
+        self.stop_signal = StopSignal()
+        self.line = ReadyLine(self.stop_signal)
+        self.clock = BatchClock()
+        self._counts_lock = threading.Lock()
         self._counts = {"completed": 0, "failed": 0, "cancelled": 0, "retried": 0, "dead_lettered": 0}
         # Deliveries run side by side: by default enough for two full batches while the next one
         # runs, so a fast GPU never waits on the store (each job also uploads its objects in parallel).
-        post_workers = settings.post_workers or max(4, 2 * engine.max_batch_images)
-        self.post_pool = ThreadPoolExecutor(post_workers, thread_name_prefix="post")
-        self._post_slots = threading.BoundedSemaphore(post_workers * 2)
-        self.keeper = Keeper(self, outbox)
+        self.handoff = Handoff(settings.post_workers or max(4, 2 * engine.max_batch_images), self._finish)
+        self.keeper = Keeper(self.queue, settings, self.log, outbox, self.clock)
+        self.gpu_side = GpuSide(engine, self.queue, stages, self.line, self.handoff, self.clock, self.stop_signal,
+                                settings, self.metrics, self.log)
         self.http: HttpServer | None = None
 
     # ----------------------------------------------------------------------- lifecycle
@@ -108,7 +111,7 @@ class Worker:
                                       self.settings.http_body_timeout_seconds, self.settings.http_max_connections)
             self.http = HttpServer(app, port=self.health_port, limits=limits).start()
             self.log.info("http_listening", port=self.http.port)
-        if self.stopping.is_set():  # stopped before it started: nothing claimed, nothing to do
+        if self.stop_signal.is_set():  # stopped before it started: nothing claimed, nothing to do
             self._close()
             return 0
         try:
@@ -127,8 +130,11 @@ class Worker:
         if recovered:
             self.log.warning("recovered_own_jobs", count=recovered)
         self.keeper.start()
-        claimer = threading.Thread(target=Claimer(self).run, name="claimer", daemon=True)
-        claimer.start()
+        claimer = threading.Thread(target=self._claimer().run, name="claimer", daemon=True)
+        if self.claim_from_queues:
+            claimer.start()
+        else:
+            self.line.done_feeding()
         self.state = "ready"
         if self.http is not None and self.announce_function:
             announce_in_background(self.settings, self.announce_function, self.http.port)
@@ -141,15 +147,12 @@ class Worker:
 
     def stop(self, grace: float | None = None) -> None:
         """Stop claiming; let the running batch finish within `grace` seconds, then requeue it."""
-        grace = self.settings.shutdown_grace_seconds if grace is None else grace
-        self.stop_deadline = min(self.stop_deadline, time.monotonic() + grace)
-        self.stopping.set()
-        with self._cond:
-            self._cond.notify_all()
+        self.stop_signal.request(self.settings.shutdown_grace_seconds if grace is None else grace)
+        self.line.wake()
         self.queue.interrupt_claims()  # a claimer blocked on an empty queue stops waiting now
 
     def _on_signal(self, signum, _frame) -> None:
-        if self.stopping.is_set():  # a second signal: stop now, requeueing the running batch
+        if self.stop_signal.is_set():  # a second signal: stop now, requeueing the running batch
             self.stop(grace=0)
             return
         self.log.info("stopping", signal=signal.Signals(signum).name, grace=self.settings.shutdown_grace_seconds)
@@ -157,19 +160,17 @@ class Worker:
 
     def _shutdown(self, claimer: threading.Thread) -> None:
         self.state = "stopping"
-        self.stopping.set()
-        with self._cond:
-            self._cond.notify_all()
-        claimer.join(timeout=30)
-        with self._cond:
-            leftovers = list(self._ready)
-            self._ready.clear()
+        self.stop_signal.request(self.settings.shutdown_grace_seconds)
+        self.line.wake()
+        if claimer.is_alive():
+            claimer.join(timeout=30)
+        leftovers = self.line.drain()
         for task in leftovers:  # decoded but never started: next in line for another worker
             self._give_back(task, JobError("shutdown", "worker shut down before the job started", retryable=True))
         if leftovers:
             self.log.info("requeued_on_shutdown", count=len(leftovers))
-        self.post_pool.shutdown(wait=True)  # every job in hand is delivered before the lease ends
-        close = getattr(self.pipeline, "close", None)
+        self.handoff.close()  # every job in hand is delivered before the lease ends
+        close = getattr(self.stages, "close", None)
         if close is not None:
             close()
         self.keeper.stop()  # only now: a job still being delivered keeps its lease until here
@@ -189,9 +190,17 @@ class Worker:
 
     # ---------------------------------------------------------------------- the GPU loop
 
+    def _claimer(self) -> Claimer:
+        return Claimer(queue=self.queue, stages=self.stages, line=self.line, handoff=self.handoff,
+                       stop=self.stop_signal, capacity=self.engine.max_batch_images + self.settings.prefetch_jobs,
+                       max_attempts=self.settings.max_attempts, metrics=self.metrics, log=self.log,
+                       count=self._count, max_jobs=self.max_jobs)
+
     def _gpu_loop(self) -> None:
+        engine = self.engine
+        wait_ms = engine.batch_wait_ms if engine.batch_wait_ms is not None else self.settings.batch_wait_ms
         while True:
-            batch = next_batch(self)
+            batch = self.line.take_batch(engine, wait_ms, serves_local=self.accepts_local)
             if batch is None:
                 return
             self._run_batch(batch)
@@ -200,9 +209,10 @@ class Worker:
         self.state = "busy"
         self.metrics.busy.set(1)
         started = time.monotonic()
-        self.keeper.batch_started = started
+        self.clock.start(started)
         continuous = self.engine.continuous
-        ctx = ContinuousContext(self, self.engine.batch_key(batch[0].input)) if continuous else BatchContext(self)
+        ctx = (ContinuousContext(self.gpu_side, self.engine.batch_key(batch[0].input)) if continuous
+               else BatchContext(self.gpu_side))
         live = ctx.begin(batch)
         if live:
             self.metrics.batch_images.observe(sum(self.engine.cost(t.input) for t in live))
@@ -212,16 +222,16 @@ class Worker:
                 outcomes = self._call_engine(live, ctx)
                 # Off the engine in one command: a death while they are delivered costs them nothing.
                 claims = [t.claimed for t in live if t.claimed is not None]
-                self._redis_quietly(lambda: self.queue.off_engine(claims))
+                quietly(self.log, lambda: self.queue.off_engine(claims))
                 for task, outcome in zip(live, outcomes, strict=True):
-                    self._submit_post(task, outcome)
+                    self.handoff.hand_off(task, outcome)
             spent = time.monotonic() - started
             self.metrics.stage_seconds.labels("gpu").observe(spent)
             self.metrics.gpu_busy.inc(spent)
             if not continuous:  # a continuous run observes each job as it leaves (ContinuousContext.finish)
                 for task in live:
                     self.metrics.generation_seconds.labels(job_type_of(task)).observe(spent)
-        self.keeper.batch_started = None
+        self.clock.stop()
         self.metrics.busy.set(0)
         self.state = "ready"
 
@@ -261,31 +271,14 @@ class Worker:
             raise RuntimeError(f"worker is {self.state}")
         task = Task(job_id=plan.input.id, job=plan.job, plan=plan, future=Future(), stream=stream,
                     deadline=deadline)
-        self._enqueue(task)
+        self.line.put(task)
         return task
 
     def cancel_local(self, task: Task) -> None:
         """A local caller gave up: the task stops at the engine's next check (or never starts)."""
         task.cancel_requested = True
 
-    def _enqueue(self, task: Task) -> None:
-        with self._cond:
-            self._ready.append(task)
-            self._cond.notify_all()
-
     # ---------------------------------------------------------------- behind the GPU
-
-    def _submit_post(self, task: Task, outcome: Any, dead_letter: str | None = None) -> None:
-        self._post_slots.acquire()  # blocks when deliveries fall behind: back-pressure, not memory
-
-        def work():
-            try:
-                self._finish(task, outcome, dead_letter)
-            finally:
-                task.plan = None  # the references and pictures go now, whoever still holds the task
-                self._post_slots.release()
-
-        self.post_pool.submit(work)
 
     def _finish(self, task: Task, outcome: Any, dead_letter: str | None = None) -> None:
         try:
@@ -330,7 +323,7 @@ class Worker:
             except Exception:  # noqa: S110 - a lost progress update is harmless
                 pass
         release = self.keeper.releaser(task, dead_letter) if claimed is not None else None
-        body = self.pipeline.report(task, outcome, release)
+        body = self.stages.report(task, outcome, release)
         if body is None:
             # A reaper took it back while we were presumed dead: the worker that has it now reports.
             self.log.warning("job_reclaimed_elsewhere", job_id=task.job_id)
@@ -344,24 +337,8 @@ class Worker:
 
     # ----------------------------------------------------------------------- helpers
 
-    def cancelled_among(self, job_ids: list[str]) -> set[str]:
-        """Which of these jobs were cancelled: one MGET (none when Redis is away)."""
-        if not job_ids:
-            return set()
-        try:
-            flags = self.redis.mget([keys.cancel(j) for j in job_ids])
-        except redis.RedisError:
-            return set()
-        return {j for j, flag in zip(job_ids, flags, strict=True) if flag}
-
-    def _redis_quietly(self, call: Callable[[], Any]) -> None:
-        try:
-            call()
-        except redis.RedisError as exc:  # bookkeeping only: the job goes on
-            self.log.warning("redis_bookkeeping_failed", error=str(exc))
-
     def _count(self, outcome: str, dead_letter: str | None = None) -> None:
-        with self._cond:
+        with self._counts_lock:
             self._counts[outcome] = self._counts.get(outcome, 0) + 1
             if dead_letter is not None and outcome != "dead_lettered":
                 self._counts["dead_lettered"] += 1
@@ -378,8 +355,9 @@ class Worker:
         healthy = self.state in ("ready", "busy")
         return (200 if healthy else 503), {"status": self.state, "healthy": healthy, "worker_id": self.worker_id,
                                            "engine": self.engine.name, "worker": self.engine.name,
-                                           "contract": self.era, **self._counts}
+                                           "contract": self.era, **self.counts}
 
     @property
     def counts(self) -> dict[str, int]:
-        return dict(self._counts)
+        with self._counts_lock:
+            return dict(self._counts)

@@ -343,7 +343,7 @@ def test_a_worker_that_stalls_past_its_lease_while_calling_back_reports_once(mak
     stalled = make_settings(lease_seconds=0.6, worker_id="stalled", callback_timeout_seconds=3.0)
     with running_worker(make_settings(lease_seconds=0.6, worker_id="reaper"), queues=("elsewhere",)):
         with running_worker(stalled) as worker:
-            sender = worker.pipeline.delivery.sender
+            sender = worker.stages.delivery.sender
             real_deliver = sender.deliver
 
             def stalled_deliver(body):  # the process starves while it calls back: presumed dead

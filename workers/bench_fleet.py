@@ -23,7 +23,7 @@ from shared.presets import load_presets
 from shared.queue import JobQueue, connect
 from shared.settings import Settings
 from shared.storage import BucketPolicy, SupabaseStorage, Uploader
-from workers.registry import build_pipeline, build_worker
+from workers.registry import build_stages, build_worker
 from workers.sim import SimEngine
 from workers.submit import push, submission
 
@@ -57,7 +57,7 @@ def _run_serial(settings: Settings, queue: str, jobs: int, gpu_seconds: float) -
     client = connect(settings.effective_redis_url)
     job_queue = JobQueue(client, settings.worker_id, (queue,), "v1")
     engine = SimEngine(gpu_seconds=gpu_seconds)
-    pipeline = build_pipeline(engine, settings, client)
+    stages = build_stages(engine, settings, client)
     policy = BucketPolicy(load_presets(str(settings.presets_file)))
     sender = CallbackSender(settings, client)
     delivery = Delivery("v1", Uploader(SupabaseStorage(settings.supabase_url, BENCH_KEY), policy, attempts=1), policy,
@@ -65,7 +65,7 @@ def _run_serial(settings: Settings, queue: str, jobs: int, gpu_seconds: float) -
     started = time.monotonic()
     for _ in range(jobs):
         claimed = job_queue.claim(block_seconds=5)
-        plan = pipeline.plan(pipeline.parse(claimed.raw))
+        plan = stages.plan(stages.parse(claimed.raw))
         sender.send_progress(build_callback("v1", plan.job.id, PROCESSING))
         result = engine.run([plan.input], NoStops())[0]
         delivery.deliver(plan.job.id, result, job=plan.job, facts=plan.facts)  # call back, then let go

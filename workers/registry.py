@@ -26,7 +26,7 @@ class EngineSpec:
     queues: tuple[str, ...]
     job_types: tuple[str, ...] | None  # None: every type routed to its queues
     build: Callable[[str | None, Settings, Any], Engine]  # (model, settings, cli args) -> engine
-    planner: Planner | None = None  # decode for generation engines; None: the engine brings its own pipeline
+    planner: Planner | None = None  # decode for generation engines; None: the engine brings its own stages
     announce: str | None = None  # backend function told this worker's RunPod URL
     tiny_models: dict[str, str] = field(default_factory=dict)  # make-tiny-model name -> "module:function"
     enhances_prompts: bool = False  # `*_enhanced` types are rewritten by the chat worker first
@@ -110,7 +110,7 @@ def spec_for(engine: Engine | str) -> EngineSpec:
     return ENGINES[name]
 
 
-def build_pipeline(engine: Engine, settings: Settings, client, *, storage=None, sender=None):
+def build_stages(engine: Engine, settings: Settings, client, *, storage=None, sender=None, metrics=None):
     """Decode and delivery for a generation engine, wired from `settings`: what a queue worker, the
     serverless handler and the serial benchmark all run around the engine."""
     from concurrent.futures import ThreadPoolExecutor
@@ -119,8 +119,8 @@ def build_pipeline(engine: Engine, settings: Settings, client, *, storage=None, 
     from shared.deliver import Delivery
     from shared.fetch import ReferenceFetcher
     from shared.outbox import CallbackSender
-    from shared.pipeline import GenerationPipeline
     from shared.presets import load_presets
+    from shared.stages import GenerationStages
     from shared.storage import BucketPolicy, Uploader, make_storage
 
     spec = spec_for(engine)
@@ -129,7 +129,7 @@ def build_pipeline(engine: Engine, settings: Settings, client, *, storage=None, 
     store = storage or make_storage(settings)
     uploader = Uploader(store, policy, settings.storage_retries, settings.retry_base_seconds)
     delivery = Delivery(settings.contract, uploader, policy, sender or CallbackSender(settings, client), client,
-                        settings.worker_id, settings.result_ttl_seconds,
+                        settings.worker_id, settings.result_ttl_seconds, metrics=metrics,
                         upload_pool=ThreadPoolExecutor(settings.upload_concurrency, thread_name_prefix="upload"))
     enhance = None
     if spec.enhances_prompts:
@@ -140,13 +140,14 @@ def build_pipeline(engine: Engine, settings: Settings, client, *, storage=None, 
 
     decoder = Decoder(presets, settings.preset_policy, spec.planner, engine, spec.job_types,
                       fetch_image=ReferenceFetcher(settings, store).fetch_image, enhance=enhance)
-    return GenerationPipeline(decoder, delivery, settings.contract)
+    return GenerationStages(decoder, delivery, settings.contract)
 
 
 def build_worker(engine: Engine, settings: Settings, *, redis_client=None, storage=None, sender=None,
                  queues: tuple[str, ...] | None = None, device: str = "cpu", max_jobs: int | None = None,
                  health_port: int | None = None, install_signal_handlers: bool = True):
     """An engine in the runtime, with its sources, decode and delivery wired from `settings`."""
+    from shared.metrics import WorkerMetrics
     from shared.outbox import CallbackSender
     from shared.queue import connect
     from shared.runtime import Worker
@@ -154,14 +155,13 @@ def build_worker(engine: Engine, settings: Settings, *, redis_client=None, stora
     spec = spec_for(engine)
     client = redis_client or connect(settings.effective_redis_url)
     sender = sender or CallbackSender(settings, client)
+    metrics = WorkerMetrics(settings.worker_id, engine.name)  # before the stages, which count into it
     common = dict(redis_client=client, queues=queues or spec.queues, outbox=sender, device=device, max_jobs=max_jobs,
                   health_port=health_port, install_signal_handlers=install_signal_handlers,
-                  announce_function=spec.announce)
-    if spec.planner is None:  # the chat engine: its own pipeline and HTTP routes
-        from workers.chat.pipeline import chat_worker
+                  announce_function=spec.announce, metrics=metrics)
+    if spec.planner is None:  # the chat engine: its own stages and HTTP routes
+        from workers.chat.stages import chat_worker
 
         return chat_worker(engine, settings, **common)
-    pipeline = build_pipeline(engine, settings, client, storage=storage, sender=sender)
-    worker = Worker(engine, settings, pipeline, **common)
-    pipeline.delivery.metrics = worker.metrics
-    return worker
+    stages = build_stages(engine, settings, client, storage=storage, sender=sender, metrics=metrics)
+    return Worker(engine, settings, stages, **common)

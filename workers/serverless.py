@@ -24,11 +24,11 @@ class ServerlessRunner:
 
     def __init__(self, engine: Engine, settings: Settings, device: str, **wiring):
         from shared.queue import connect
-        from workers.registry import build_pipeline
+        from workers.registry import build_stages
 
         self.engine = engine
         # The same decode and delivery as a queue worker; only the source differs.
-        self.pipeline = build_pipeline(engine, settings, connect(settings.effective_redis_url), **wiring)
+        self.stages = build_stages(engine, settings, connect(settings.effective_redis_url), **wiring)
         use_compile_cache(settings.compile_cache_dir)  # a cold start loads what an earlier container compiled
         engine.setup(device)
 
@@ -37,8 +37,8 @@ class ServerlessRunner:
         started = time.monotonic()
         job = plan = None
         try:
-            job = self.pipeline.parse(payload)
-            plan = self.pipeline.plan(job)
+            job = self.stages.parse(payload)
+            plan = self.stages.plan(job)
             outcome = self.engine.run([plan.input], NoStops())[0]
         except BadPayload as exc:
             if exc.job_id is None:
@@ -49,7 +49,7 @@ class ServerlessRunner:
         except Exception as exc:
             outcome = as_job_error(exc, "generation")
         job_id = job.id if job is not None else getattr(outcome, "job_id", None) or str(payload.get("id", ""))
-        delivery = self.pipeline.delivery
+        delivery = self.stages.delivery
         try:
             return delivery.deliver(job_id, outcome, job=plan.job if plan else job, facts=plan.facts if plan else None,
                                     asset_facts=plan.asset_facts if plan else None, started_at=started)

@@ -101,7 +101,7 @@ class ApiKeys:
 
 
 def add_chat_routes(app: FastAPI, worker: Worker) -> None:
-    pipeline = worker.pipeline
+    stages = worker.stages
     settings = worker.settings.chat
     api_keys = ApiKeys(settings)
     add_openai_routes(app, worker, api_keys)
@@ -110,7 +110,7 @@ def add_chat_routes(app: FastAPI, worker: Worker) -> None:
         deadline = time.monotonic() + settings.request_timeout_seconds
         if not api_keys.allow(request.headers.get("authorization"), kind):
             return _error(401, "missing or invalid bearer token")
-        requests = pipeline.requests
+        requests = stages.requests
         if worker.state not in ("ready", "busy") or requests is None:
             return _error(503, "model is loading")
         try:
@@ -129,7 +129,7 @@ def add_chat_routes(app: FastAPI, worker: Worker) -> None:
         job = ChatJob(id=uuid.uuid4().hex, kind=kind, body=body, stop=caller.stopped)
         task = None
         try:
-            plan = await run_in_threadpool(pipeline.plan, job)  # tokenizing is CPU work: off the event loop
+            plan = await run_in_threadpool(stages.plan, job)  # tokenizing is CPU work: off the event loop
             task = worker.submit(plan, deadline=deadline)
             outcome = await caller.wait(asyncio.wrap_future(task.future))
         except JobError as exc:
@@ -167,6 +167,6 @@ def add_chat_routes(app: FastAPI, worker: Worker) -> None:
 
     @app.get("/worker/info")
     def info() -> JSONResponse:
-        requests = pipeline.requests
+        requests = stages.requests
         details = requests.info() if requests is not None else {"ready": False}
         return JSONResponse({"worker_id": worker.worker_id, "worker": "chat", "status": worker.state, **details})

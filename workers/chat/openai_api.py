@@ -119,33 +119,33 @@ def stop_sequences(body: CompletionBody) -> list[str]:
 
 
 def add_openai_routes(app: FastAPI, worker: Worker, api_keys) -> None:
-    pipeline = worker.pipeline
+    stages = worker.stages
     timeout = worker.settings.chat.request_timeout_seconds
     started = int(time.time())
 
     def refusal(request: Request) -> JSONResponse | None:
         if not api_keys.allow(request.headers.get("authorization"), "chat"):
             return error(401, "missing or invalid API key", code="invalid_api_key")
-        if worker.state not in ("ready", "busy") or pipeline.requests is None:
+        if worker.state not in ("ready", "busy") or stages.requests is None:
             return error(503, "the model is loading", kind="service_unavailable")
         return None
 
     def model_card(name: str) -> dict[str, Any]:
-        return {"id": pipeline.requests.public_id(name), "object": "model", "created": started, "owned_by": "ourvidz"}
+        return {"id": stages.requests.public_id(name), "object": "model", "created": started, "owned_by": "ourvidz"}
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
         refused = refusal(request)
         if refused is not None:
             return refused
-        return JSONResponse({"object": "list", "data": [model_card(n) for n in sorted(pipeline.engine.models)]})
+        return JSONResponse({"object": "list", "data": [model_card(n) for n in sorted(stages.engine.models)]})
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str, request: Request) -> JSONResponse:
         refused = refusal(request)
         if refused is not None:
             return refused
-        cards = [model_card(n) for n in sorted(pipeline.engine.models)]
+        cards = [model_card(n) for n in sorted(stages.engine.models)]
         card = next((c for c in cards if c["id"] == model_id), None)
         return JSONResponse(card) if card else error(404, f"model {model_id!r} is not served here",
                                                      code="model_not_found")
@@ -172,10 +172,10 @@ def add_openai_routes(app: FastAPI, worker: Worker, api_keys) -> None:
         caller = Caller(request, deadline)
         job = ChatJob(id=f"chatcmpl-{uuid.uuid4().hex}", kind="chat", body=mapped, stop=caller.stopped)
         try:
-            plan = await run_in_threadpool(pipeline.plan, job)  # tokenizing is CPU work: off the event loop
-            requests = pipeline.requests
+            plan = await run_in_threadpool(stages.plan, job)  # tokenizing is CPU work: off the event loop
+            requests = stages.requests
             name = plan.input.model
-            generation = Generation(worker, plan, pipeline.engine.models[name].tokenizer, stops, deadline,
+            generation = Generation(worker, plan, stages.engine.models[name].tokenizer, stops, deadline,
                                     stream=bool(body.stream))
         except JobError as exc:
             caller.close()

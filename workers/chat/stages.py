@@ -17,6 +17,7 @@ from shared import keys
 from shared.decode import Plan
 from shared.errors import BadPayload, JobError
 from shared.job import SAFE_ID, decode_element
+from shared.metrics import WorkerMetrics
 from shared.queue import element_key
 from shared.runtime import Worker
 from shared.settings import Settings
@@ -28,12 +29,12 @@ from workers.chat.service import ChatJob, ChatRequests
 REPLY_TTL = 300
 
 
-class ChatPipeline:
-    def __init__(self, engine: ChatEngine, settings: Settings, client: redis.Redis):
+class ChatStages:
+    def __init__(self, engine: ChatEngine, settings: Settings, client: redis.Redis, metrics: WorkerMetrics):
         self.engine = engine
         self.settings = settings.chat
         self.redis = client
-        self.metrics = None  # the worker's, once it exists (chat_worker)
+        self.metrics = metrics
         self._requests: ChatRequests | None = None
 
     @property
@@ -69,9 +70,8 @@ class ChatPipeline:
 
     def report(self, task, outcome: Completion | JobError, release) -> dict[str, Any] | None:
         status = "failed" if isinstance(outcome, JobError) else "completed"
-        if self.metrics is not None:
-            cancelled = isinstance(outcome, JobError) and outcome.error_type == "cancelled"
-            self.metrics.jobs.labels("cancelled" if cancelled else status).inc()
+        cancelled = isinstance(outcome, JobError) and outcome.error_type == "cancelled"
+        self.metrics.jobs.labels("cancelled" if cancelled else status).inc()
         if task.future is not None:  # an HTTP request: its handler formats the answer
             if not task.future.done():  # (a handler never cancels it; this keeps a report from ever raising)
                 task.future.set_result(outcome)
@@ -99,13 +99,10 @@ def error_text(error: JobError) -> str:
 def chat_worker(engine: ChatEngine, settings: Settings, **common) -> Worker:
     from workers.chat.api import add_chat_routes
 
-    pipeline = ChatPipeline(engine, settings, common["redis_client"])
+    stages = ChatStages(engine, settings, common["redis_client"], common["metrics"])
     if not settings.chat.consume_queue:
         common["queues"] = (keys.CHAT_QUEUE,)
     if common.get("health_port") is None:
         common["health_port"] = settings.chat.port
-    worker = Worker(engine, settings, pipeline, add_routes=add_chat_routes,
-                    max_body_bytes=settings.chat.max_request_bytes, **common)
-    worker.claims_enabled = settings.chat.consume_queue
-    pipeline.metrics = worker.metrics
-    return worker
+    return Worker(engine, settings, stages, add_routes=add_chat_routes, max_body_bytes=settings.chat.max_request_bytes,
+                  claim_from_queues=settings.chat.consume_queue, **common)

@@ -1,9 +1,9 @@
 """What the runtime does with an image or video job at each stage, besides running the engine.
 
-The runtime is the same for every engine; a pipeline says how its jobs are decoded, how their
-start and progress are announced, and how their outcome is reported. `GenerationPipeline` is the
+The runtime is the same for every engine; the stages say how its jobs are decoded, how their
+start and progress are announced, and how their outcome is reported. `GenerationStages` is the
 SDXL/WAN/sim one: decode through `Decoder`, progress as `processing` callbacks, outcomes through
-`Delivery`. The chat engine has its own (workers/chat/pipeline.py): replies instead of callbacks.
+`Delivery`. The chat engine has its own (workers/chat/stages.py): replies instead of callbacks.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from shared.deliver import Delivery, Release
 from shared.job import Era
 
 
-class Pipeline(Protocol):
+class Stages(Protocol):
     def parse(self, raw: str) -> Any:
         """The typed job (with `.id`), or a JobError/BadPayload saying why not."""
 
@@ -34,7 +34,7 @@ class Pipeline(Protocol):
         """The job's one terminal report; `release` lets go of it at its source."""
 
 
-class GenerationPipeline:
+class GenerationStages:
     def __init__(self, decoder: Decoder, delivery: Delivery, era: Era, progress_workers: int = 2):
         self.decoder = decoder
         self.delivery = delivery
