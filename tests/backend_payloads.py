@@ -2,19 +2,20 @@
 
 Every field the backend writes, so the tests see what production sees: v1 LPUSHes the payload's
 JSON text; v2 RPUSHes the JSON text of a one-element array that holds the payload's JSON text.
-(`ourvidz-worker submit` has its own, smaller producer: workers/submit.py.)
+(`ourvidz-worker submit` has its own, smaller producer: workers/cli/submit.py.)
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
-from shared.contract import Era, queue_for_type
+from shared.source.element import Era
+from shared.source.keys import queue_for_type
+from shared.source.producer import element, push_raw
 
 FAST_HIGH = {"fast": (25, 6.5), "high": (50, 7.5)}
 
@@ -104,17 +105,8 @@ def build_payload(
     }
 
 
-def encode_element(era: Era, payload: dict[str, Any]) -> str:
-    text = json.dumps(payload)
-    return text if era == "v1" else json.dumps([text])
-
-
 def push(client: redis.Redis, era: Era, payload: dict[str, Any]) -> str:
     """Push as the backend does; returns the queue name."""
     queue = queue_for_type(payload["type"])
-    element = encode_element(era, payload)
-    if era == "v1":
-        client.lpush(queue, element)
-    else:
-        client.rpush(queue, element)
+    push_raw(client, era, queue, element(era, payload))
     return queue

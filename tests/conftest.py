@@ -8,9 +8,9 @@ import threading
 import pytest
 import redis
 
-from shared.localbackend import LocalBackend
-from shared.logging import configure_logging
-from shared.settings import Settings
+from shared.ops.logging import configure_logging
+from shared.ops.settings import Settings
+from workers.bench.local_backend import LocalBackend
 
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 configure_logging("WARNING")

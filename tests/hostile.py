@@ -125,7 +125,7 @@ def elements(draw, era: str, job_id: str):
         text = json.dumps(text)
     if era == "v2":
         text = json.dumps([text])
-    from shared.job import queue_for_type
+    from shared.source.keys import queue_for_type
 
     return Element(text=text, job_id=carried, era=era, queue=queue_for_type(job_type))
 

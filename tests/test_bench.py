@@ -1,5 +1,5 @@
 from tests.conftest import TEST_REDIS_URL
-from workers.bench_fleet import run_fleet_bench
+from workers.bench.fleet import run_fleet_bench
 
 
 def test_fleet_bench_runs_both_modes_to_completion_and_cleans_up(redis_client):

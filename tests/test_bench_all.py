@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from tests.conftest import TEST_REDIS_URL
-from workers.cli import main
+from workers.cli.main import main
 
 
 def test_bench_all_on_the_tiny_models_writes_one_report_with_every_bench(tmp_path, monkeypatch, redis_client, capsys):
@@ -31,7 +31,7 @@ def test_bench_all_on_the_tiny_models_writes_one_report_with_every_bench(tmp_pat
 def test_a_bench_cut_short_keeps_the_rows_it_measured_and_runs_only_the_variants_asked(tmp_path, monkeypatch):
     """A lease ends mid-run: every finished row is already in report.json and report.md. The variants
     run in the order asked (the one a deadline must not cut goes first)."""
-    import workers.bench_all as bench_all
+    import workers.bench.all_engines as bench_all
 
     def sdxl(device, name, tiny, tmp, peak, configs, asked):
         for key in bench_all.chosen(asked, ("worker", "vae-bf16", "compile")):
@@ -51,8 +51,8 @@ def test_a_bench_cut_short_keeps_the_rows_it_measured_and_runs_only_the_variants
 
 def test_every_variant_a_bench_has_is_one_the_command_line_accepts_and_the_reverse():
     """--variants checks names against a list kept apart from the benches (so that --help needs no torch)."""
-    from workers.bench_all import sdxl_variants, wan_variants
-    from workers.bench_options import VARIANTS
+    from workers.bench.all_engines import sdxl_variants, wan_variants
+    from workers.cli.bench_options import VARIANTS
 
     on_cuda = {*sdxl_variants("cuda"), *wan_variants("cuda")}
     assert on_cuda == set(VARIANTS)
@@ -60,7 +60,7 @@ def test_every_variant_a_bench_has_is_one_the_command_line_accepts_and_the_rever
 
 
 def test_the_step_clock_marks_each_step_once_however_many_inputs_report_it():
-    from workers.bench_measure import StepClock
+    from workers.bench.measure import StepClock
 
     clock = StepClock("cpu")
     for step in (1, 2, 3):
@@ -70,7 +70,7 @@ def test_the_step_clock_marks_each_step_once_however_many_inputs_report_it():
 
 
 def test_a_variant_that_fails_leaves_its_error_and_the_next_variant_still_runs():
-    import workers.bench_all as bench_all
+    import workers.bench.all_engines as bench_all
 
     def fp8():
         yield {"bench": "sdxl", "variant": "fp8", "seconds": 1.0}
@@ -79,14 +79,14 @@ def test_a_variant_that_fails_leaves_its_error_and_the_next_variant_still_runs()
     rows = [*bench_all._guarded("sdxl", "cpu", "CPU", "fp8", fp8()),
             *bench_all._guarded("sdxl", "cpu", "CPU", "worker", iter([{"bench": "sdxl", "variant": "worker"}]))]
     assert [row.get("error", "").split(":")[0] for row in rows] == ["", "RuntimeError", ""]
-    from workers.bench_report import markdown
+    from workers.bench.report import markdown
 
     assert rows[1]["variant"] == "fp8" and "FP8 GPU" in markdown(rows[1:2], "CPU", 1.0, True, 1.0)
 
 
 def test_the_lease_script_runs_sdxl_wan_and_chat_and_keeps_each_report(tmp_path):
     """scripts/bench-gpu.sh (what made bench-reports/), on the tiny models and the CPU."""
-    from shared.settings import REPO_ROOT
+    from shared.ops.settings import REPO_ROOT
 
     env = {**os.environ, "OUT": str(tmp_path), "DEVICE": "cpu", "BENCH_ARGS": "--tiny", "PYTHON": sys.executable,
            "SDXL_VARIANTS": "worker", "WAN_VARIANTS": "worker", "SDXL_DEADLINE": "150", "WAN_DEADLINE": "300"}
@@ -107,7 +107,7 @@ def test_random_weight_sdxl_is_the_same_model_on_every_build_and_leaves_the_glob
     run drew new weights for every variant, which made every pixel difference meaningless."""
     import torch
 
-    from workers.sdxl.bench import random_weights_pipeline
+    from workers.bench.sdxl import random_weights_pipeline
     from workers.sdxl.tiny import make_tiny_sdxl
 
     folder = str(make_tiny_sdxl(tmp_path / "sdxl"))

@@ -1,6 +1,6 @@
 import json
 
-from shared.callback import Asset, build_callback, encode_body, sign, verify
+from shared.deliver.callback import Asset, build_callback, encode_body, sign, verify
 
 ASSET = Asset(type="image", key="u/j/0.png", thumbnail_key="u/j/0.thumb.webp", metadata={"seed": 3, "width": 64})
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared.media import probe_mp4
+from shared.deliver.media import probe_mp4
 from tests.backend_payloads import build_payload, push
 from tests.helpers import running_worker, submit
 

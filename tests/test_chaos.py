@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from shared import keys
+from shared.source import keys
 from tests.backend_payloads import build_payload, push
 from tests.test_crash import start_worker
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from shared import keys
-from shared.chat_client import request_enhancement, request_reply
-from shared.engine_settings import ChatSettings
-from shared.settings import Settings
+from shared.ops.engine_settings import ChatSettings
+from shared.ops.settings import Settings
+from shared.source import keys
+from shared.source.chat_client import request_enhancement, request_reply
 from tests.conftest import TEST_REDIS_URL
 from tests.helpers import running_worker, wait_until
 from workers.chat.conversation import BadRequest, fit_to_context, messages_from_request

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import workers.chat.graphed_decode as graphed_decode
-from shared.engine_settings import ChatSettings
+from shared.ops.engine_settings import ChatSettings
 from tests.test_cuda_graphs import rerun_capture
 from workers.chat.generator import Request, TextGenerator
 from workers.chat.graphed_decode import (
@@ -182,7 +182,7 @@ def test_a_graph_whose_replay_disagrees_with_eager_is_caught_and_decoding_goes_o
 def test_the_bench_compares_the_graphed_decoder_with_itself_eager(model):
     """`bench chat` on CUDA reports graphs against the same decoder without them, and how many rows'
     greedy tokens agree (on a GPU bf16 ties may part them; here, float32 and a stand-in, all do)."""
-    from workers.chat.bench import versus_transformers
+    from workers.bench.chat import versus_transformers
 
     generator = make(model, True)
     report = versus_transformers(generator, rows=3, max_tokens=6, prompt_tokens=0)

@@ -3,10 +3,10 @@ import threading
 
 import pytest
 
-from shared import keys
-from shared.queue import JobQueue
+from shared.source import keys
+from shared.source.queue import JobQueue
 from tests.conftest import TEST_REDIS_URL
-from workers.cli import main
+from workers.cli.main import main
 
 
 @pytest.fixture
@@ -102,7 +102,7 @@ def test_doctor_reports_one_line_per_check(cli_env, redis_client, backend, capsy
 
 
 def test_submit_wait_prints_the_result(cli_env, redis_client, capsys):
-    from shared.settings import Settings
+    from shared.ops.settings import Settings
     from workers.registry import build_worker
     from workers.sim import SimEngine
 

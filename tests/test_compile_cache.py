@@ -4,8 +4,8 @@ folder the first start filled, instead of compiling them (inductor, really compi
 import json
 import os
 
-from shared.compile_cache import use_compile_cache
-from workers.bench_cold_start import run as cold_start
+from shared.ops.compile_cache import use_compile_cache
+from workers.bench.cold_start import run as cold_start
 from workers.registry import build_worker
 from workers.sim import SimEngine
 

@@ -12,11 +12,11 @@ import json
 import pytest
 import torch
 
-from shared.engine import NoStops
-from shared.engine_settings import SDXLSettings, WANSettings
-from shared.inputs import Generation
-from shared.logging import configure_logging
-from workers.compile_watch import graphs_compiled
+from shared.engine.contract import NoStops
+from shared.engine.inputs import Generation
+from shared.ops.engine_settings import SDXLSettings, WANSettings
+from shared.ops.logging import configure_logging
+from workers.accel.compile_watch import graphs_compiled
 from workers.sdxl import engine as sdxl_engine_module
 from workers.sdxl.engine import SDXLEngine
 from workers.sdxl.speed import warmup_sizes

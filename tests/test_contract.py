@@ -2,10 +2,13 @@ import json
 
 import pytest
 
-from shared import keys
-from shared.contract import BadPayload, JobError, decode_element, load_presets, parse_job
-from shared.settings import DEFAULT_PRESETS
-from tests.backend_payloads import build_payload, encode_element
+from shared.decode.contract import parse_job
+from shared.decode.presets import load_presets
+from shared.engine.errors import BadPayload, JobError
+from shared.ops.settings import DEFAULT_PRESETS
+from shared.source import keys
+from shared.source.element import decode_element
+from tests.backend_payloads import build_payload, element
 
 PRESETS = load_presets(str(DEFAULT_PRESETS))
 USER = "3f8a9c1e-0000-4000-8000-00000000abcd"
@@ -83,7 +86,7 @@ def test_v2_payload_resolution_job_type_alias_and_absent_values():
     payload = build_payload("v2", "video_fast", "waves", user_id=USER, job_id="job-4")
     payload["type"] = None  # only job_type left, in its v2 spelling
     payload["config"]["resolution"] = "576x1024"
-    job = parse_job(encode_element("v2", payload), PRESETS)
+    job = parse_job(element("v2", payload), PRESETS)
     assert job.type == "video_fast" and (job.width, job.height) == (480, 832)  # 9:16 at Wan's 480p area
     assert job.requested_size == (576, 1024)
     assert job.steps == PRESETS.types["video_fast"]["steps"]
@@ -164,7 +167,7 @@ def test_decode_rejects_deep_garbage():
                                               ("1024x1024", (624, 624))])
 def test_v2_video_resolution_picks_the_aspect_at_the_presets_area(resolution, made):
     payload = build_payload("v2", "video_high", "waves", user_id=USER, job_id="job-9", resolution=resolution)
-    job = parse_job(encode_element("v2", payload), PRESETS)
+    job = parse_job(element("v2", payload), PRESETS)
     assert (job.width, job.height) == made and job.width % 16 == 0 and job.height % 16 == 0
     assert job.requested_size == tuple(int(v) for v in resolution.split("x"))
     assert job.width * job.height <= PRESETS.types["video_high"]["native_area"]

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from shared import keys
+from shared.source import keys
 from tests.backend_payloads import build_payload, push
 from tests.conftest import TEST_REDIS_URL
 from tests.helpers import wait_until

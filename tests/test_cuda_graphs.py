@@ -1,4 +1,4 @@
-"""CUDA graphs for SDXL's UNet and WAN's one-frame images (workers/cuda_graphs.py), on the CPU.
+"""CUDA graphs for SDXL's UNet and WAN's one-frame images (workers/accel/cuda_graphs.py), on the CPU.
 
 A CPU has no CUDA graphs, so the capture is replaced by a stand-in that reruns the forward on the
 static buffers the graph would have been recorded on. That checks everything around the graph:
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from shared.engine import NoStops
-from shared.engine_settings import SDXLSettings, WANSettings
-from shared.inputs import Generation
-from workers.cuda_graphs import GraphedForward
+from shared.engine.contract import NoStops
+from shared.engine.inputs import Generation
+from shared.ops.engine_settings import SDXLSettings, WANSettings
+from workers.accel.cuda_graphs import GraphedForward
 from workers.sdxl.engine import SDXLEngine
 from workers.sdxl.speed import graphs_on as sdxl_graphs_on
 from workers.sdxl.tiny import make_tiny_sdxl

@@ -11,10 +11,10 @@ import pytest
 import yaml
 from pydantic import AliasChoices
 
-from shared.engine_settings import ChatSettings, SDXLSettings, WANSettings
-from shared.settings import REPO_ROOT, Settings
-from workers.cli import build_parser
-from workers.doctor import check_pod_budgets
+from shared.ops.engine_settings import ChatSettings, SDXLSettings, WANSettings
+from shared.ops.settings import REPO_ROOT, Settings
+from workers.cli.doctor import check_pod_budgets
+from workers.cli.main import build_parser
 
 DOCKERFILES = sorted(REPO_ROOT.glob("Dockerfile.*"))
 # Names the platform or the images themselves read, beside the fleet's own settings.
@@ -144,13 +144,13 @@ def test_runpod_template_and_start_script():
 
 
 def test_serverless_handler_runs_a_backend_payload_through_an_engine(make_settings, backend):
-    from tests.backend_payloads import build_payload, encode_element
+    from tests.backend_payloads import build_payload, element
     from workers.serverless import ServerlessRunner
     from workers.sim import SimEngine
 
     runner = ServerlessRunner(SimEngine(gpu_seconds=0.01), make_settings(contract="v2"), "cpu")
     payload = build_payload("v2", "sdxl_image_fast", "a fox", width=64, height=64, steps=2, num_images=2, seed=5)
-    body = runner.handle({"input": json.loads(encode_element("v2", payload))[0]})
+    body = runner.handle({"input": json.loads(element("v2", payload))[0]})
     assert body["status"] == "completed" and [a["metadata"]["seed"] for a in body["assets"]] == [5, 6]
     assert backend.terminal_callbacks(payload["id"])[0]["status"] == "completed"
     bad = runner.handle({"input": {"id": "x1", "type": "sdxl_image_fast", "user_id": "../x", "prompt": "p"}})
@@ -160,7 +160,7 @@ def test_serverless_handler_runs_a_backend_payload_through_an_engine(make_settin
 def test_fetch_models_resumes_a_download_and_checks_its_sha256(backend, tmp_path):
     import hashlib
 
-    from workers.fetch_models import FetchError, download_url
+    from workers.cli.fetch_models import FetchError, download_url
 
     blob = bytes(range(256)) * 400
     backend.files["/files/model.safetensors"] = (200, blob, {})
@@ -174,7 +174,7 @@ def test_fetch_models_resumes_a_download_and_checks_its_sha256(backend, tmp_path
 
 
 def test_fetch_models_offline_says_so_in_one_line(monkeypatch, tmp_path, capsys):
-    from workers.cli import main
+    from workers.cli.main import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["fetch-models", "--dest", str(tmp_path), "--only", "wan"]) == 1

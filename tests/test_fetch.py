@@ -3,10 +3,10 @@ import io
 import pytest
 from PIL import Image
 
-from shared.contract import JobError
-from shared.fetch import ReferenceFetcher
-from shared.settings import Settings
-from shared.storage import FileStorage
+from shared.decode.fetch import ReferenceFetcher
+from shared.deliver.storage import FileStorage
+from shared.engine.errors import JobError
+from shared.ops.settings import Settings
 
 
 def png(size=(32, 16), color=(200, 10, 10)) -> bytes:

@@ -5,9 +5,9 @@ import argparse
 import re
 from pathlib import Path
 
-from shared.engine_settings import ChatSettings, SDXLSettings, WANSettings
-from shared.settings import Settings
-from workers.cli import build_parser
+from shared.ops.engine_settings import ChatSettings, SDXLSettings, WANSettings
+from shared.ops.settings import Settings
+from workers.cli.main import build_parser
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

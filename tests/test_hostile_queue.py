@@ -16,14 +16,16 @@ import redis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from shared import keys
-from shared.admin import dead_letters
-from shared.bounded_json import JsonRefused, loads, nesting_depth, top_level_string
-from shared.contract import load_presets, parse_job
-from shared.errors import JobError
-from shared.job import element_job_id
-from shared.numbers import NumberRefused, read_number
-from shared.settings import DEFAULT_PRESETS
+from shared.decode.contract import parse_job
+from shared.decode.presets import load_presets
+from shared.engine.errors import JobError
+from shared.ops.bounded_json import JsonRefused, loads, nesting_depth, top_level_string
+from shared.ops.numbers import NumberRefused, read_number
+from shared.ops.settings import DEFAULT_PRESETS
+from shared.source import keys
+from shared.source.admin import dead_letters
+from shared.source.element import element_job_id
+from shared.source.producer import push_raw
 from tests.conftest import TEST_REDIS_URL
 from tests.helpers import running_worker, wait_until
 from tests.hostile import deep, elements, hostile_values
@@ -102,7 +104,7 @@ def test_generated_hostile_batches_through_redis_and_a_worker_are_each_answered_
             data = element.data.replace(PLACEHOLDER.encode(), job_id.encode())
             sent.append(element.job_id and job_id)
             texts[job_id] = element.text[:300]
-            (raw_client.lpush if era == "v1" else raw_client.rpush)(element.queue, data)
+            push_raw(raw_client, era, element.queue, data)
         with_id = sum(job_id is not None for job_id in sent)
         try:
             wait_until(lambda: len(backend.terminal_callbacks()) >= with_id

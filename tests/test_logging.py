@@ -2,8 +2,8 @@ import json
 
 import structlog
 
-from shared.logging import configure_logging, get_logger, redact_text
-from shared.settings import Settings
+from shared.ops.logging import configure_logging, get_logger, redact_text
+from shared.ops.settings import Settings
 
 
 def test_secrets_never_reach_the_log(capsys, monkeypatch):
@@ -41,7 +41,7 @@ def test_library_records_and_warnings_are_json_lines_and_log_level_holds():
 
     program = """
 import logging, warnings
-from shared.logging import configure_logging, get_logger
+from shared.ops.logging import configure_logging, get_logger
 early = get_logger(component="made-at-import")  # as modules do, before any configuration
 configure_logging("WARNING")
 early.info("too_quiet_to_show")
@@ -68,7 +68,7 @@ def test_console_format_for_people_at_a_terminal(capsys):
 
 THREADED = """
 import sys, threading
-from shared import logging as ourlog
+from shared.ops import logging as ourlog
 if len(sys.argv) > 1:  # the old writer, for comparison: print's text and newline as two writes
     ourlog._write_line = lambda line: print(line, file=sys.stderr, flush=True)
 ourlog.configure_logging("INFO")

@@ -3,7 +3,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from shared.media import mp4_bytes, probe_mp4, thumbnail_webp
+from shared.deliver.media import mp4_bytes, probe_mp4, thumbnail_webp
 from workers.sim import draw_frame
 
 

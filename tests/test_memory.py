@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from PIL import Image
 
-from shared.queue import request_cancel
+from shared.source.queue import request_cancel
 from tests.backend_payloads import build_payload, push
 from tests.helpers import running_worker, wait_until
 from workers.registry import ENGINES

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from shared import keys
+from shared.source import keys
 from tests.helpers import running_worker, submit, wait_until
 
 MONITORING = Path(__file__).resolve().parents[1] / "configs" / "monitoring"

@@ -1,12 +1,12 @@
 import json
 import time
 
-from shared import keys
-from shared.callback import build_callback
-from shared.deliver import Delivery
-from shared.errors import JobError
-from shared.outbox import CallbackSender
-from shared.queue import JobQueue
+from shared.deliver.callback import build_callback
+from shared.deliver.delivery import Delivery
+from shared.deliver.outbox import CallbackSender
+from shared.engine.errors import JobError
+from shared.source import keys
+from shared.source.queue import JobQueue
 
 
 def test_undeliverable_callback_waits_in_the_outbox_until_the_backend_is_back(make_settings, redis_client, backend):

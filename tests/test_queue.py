@@ -1,9 +1,9 @@
 import json
 import time
 
-from shared import keys
-from shared.admin import dead_letters, job_id_of, queue_report, remove_queued, requeue_dead_letter
-from shared.queue import JobQueue, element_key
+from shared.source import keys
+from shared.source.admin import dead_letters, job_id_of, queue_report, remove_queued, requeue_dead_letter
+from shared.source.queue import JobQueue, element_key
 from tests.backend_payloads import build_payload, push
 
 

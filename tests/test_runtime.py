@@ -6,11 +6,11 @@ import httpx
 import pytest
 from PIL import Image
 
-from shared import keys
-from shared.admin import dead_letters
-from shared.media import probe_mp4
-from shared.queue import element_key, request_cancel
-from tests.backend_payloads import build_payload, encode_element, push
+from shared.deliver.media import probe_mp4
+from shared.source import keys
+from shared.source.admin import dead_letters
+from shared.source.queue import element_key, request_cancel
+from tests.backend_payloads import build_payload, element, push
 from tests.helpers import running_worker, submit, wait_until
 from workers.registry import build_worker
 from workers.sim import SimEngine
@@ -81,9 +81,9 @@ def test_malformed_payloads_fail_or_dead_letter_and_the_worker_keeps_serving(mak
     huge = dict(good, id="huge-prompt", prompt="x" * 1_000_000)
     traversal = dict(good, id="bad-user", user_id="../../x")
     no_user = {k: v for k, v in good.items() if k != "user_id"} | {"id": "no-user"}
-    for element in ["not json", json.dumps([1, 2]), json.dumps({"prompt": "no id"}),
+    for raw in ["not json", json.dumps([1, 2]), json.dumps({"prompt": "no id"}),
                     json.dumps(bad_steps), json.dumps(huge), json.dumps(traversal), json.dumps(no_user)]:
-        redis_client.lpush(keys.SDXL_QUEUE, element)
+        redis_client.lpush(keys.SDXL_QUEUE, raw)
     push(redis_client, "v1", good)
     with running_worker(make_settings()) as worker:
         callbacks = backend.wait_for_terminal(5)
@@ -242,7 +242,7 @@ def test_a_job_that_keeps_killing_its_worker_is_dead_lettered_with_a_failed_call
     job = submit(redis_client, "v2")
     # Three earlier claims died with their worker (kill -9 after claiming, each time): the reaper
     # charged the element (counted by its content, never parsed) three attempts.
-    redis_client.hset(keys.ATTEMPTS, element_key(encode_element("v2", job)), 3)
+    redis_client.hset(keys.ATTEMPTS, element_key(element("v2", job)), 3)
     with running_worker(make_settings(contract="v2", max_attempts=3)):
         callbacks = backend.wait_for_terminal(1)
         wait_until(lambda: dead_letters(redis_client))
@@ -313,7 +313,7 @@ def test_a_deterministic_decode_error_fails_at_once_and_a_lost_connection_is_ret
                                                                                       backend, monkeypatch):
     from dataclasses import replace
 
-    from shared.decode import plan_as_given
+    from shared.decode.decoder import plan_as_given
     from workers.registry import ENGINES
 
     planned = []

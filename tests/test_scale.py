@@ -3,11 +3,11 @@ attempts charged only for GPU runs, and publishing that keeps a fast GPU busy.""
 
 import time
 
-from shared import keys
-from shared.queue import JobQueue
+from shared.source import keys
+from shared.source.queue import JobQueue
 from tests.backend_payloads import build_payload, push
 from tests.conftest import TEST_REDIS_URL
-from workers.bench_fleet import run_fleet_bench
+from workers.bench.fleet import run_fleet_bench
 from workers.registry import build_worker
 from workers.sim import SimEngine
 

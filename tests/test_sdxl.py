@@ -9,13 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from shared.contract import JobError, load_presets, parse_job
-from shared.decode import Plan, PlanTools
-from shared.engine_settings import SDXLSettings
-from shared.fetch import ReferenceFetcher
-from shared.publish import job_metadata
-from shared.settings import DEFAULT_PRESETS, Settings
-from shared.storage import FileStorage
+from shared.decode.contract import parse_job
+from shared.decode.decoder import Plan, PlanTools
+from shared.decode.fetch import ReferenceFetcher
+from shared.decode.presets import load_presets
+from shared.deliver.publish import job_metadata
+from shared.deliver.storage import FileStorage
+from shared.engine.errors import JobError
+from shared.ops.engine_settings import SDXLSettings
+from shared.ops.settings import DEFAULT_PRESETS, Settings
 from tests.backend_payloads import build_payload, push
 from tests.helpers import running_worker
 from tests.single_file import save_ldm_checkpoint
@@ -297,7 +299,7 @@ def test_end_to_end_through_redis(era, engine, make_settings, redis_client, back
 
 
 def test_bench_sdxl_runs_all_three_modes(tiny_sdxl):
-    from workers.sdxl.bench import run_sdxl_bench
+    from workers.bench.sdxl import run_sdxl_bench
 
     report = run_sdxl_bench(str(tiny_sdxl), device="cpu", jobs=2, steps=2, size=64, batch=2)
     assert set(report["seconds_per_image"]) == {"diffusers_default", "worker_one_job_at_a_time",
@@ -307,7 +309,7 @@ def test_bench_sdxl_runs_all_three_modes(tiny_sdxl):
 
 
 def test_random_weights_pipeline_builds_from_a_config_folder(tiny_sdxl):
-    from workers.sdxl.bench import random_weights_pipeline
+    from workers.bench.sdxl import random_weights_pipeline
 
     pipe = random_weights_pipeline(str(tiny_sdxl), dtype=torch.float32)
     assert pipe.unet.config.cross_attention_dim == 48 and pipe.text_encoder_2.config.hidden_size == 32

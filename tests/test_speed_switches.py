@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from shared.engine import NoStops
-from shared.engine_settings import SDXLSettings, WANSettings
-from shared.inputs import Generation
-from workers.fp8 import quantize_fp8
+from shared.engine.contract import NoStops
+from shared.engine.inputs import Generation
+from shared.ops.engine_settings import SDXLSettings, WANSettings
+from workers.accel.fp8 import quantize_fp8
 from workers.sdxl.engine import SDXLEngine
 from workers.sdxl.speed import SERVED_SIZES, vae_dtype, warmup_sizes
 from workers.sdxl.tiny import make_tiny_sdxl

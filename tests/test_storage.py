@@ -1,8 +1,9 @@
 import pytest
 
-from shared.contract import JobError, load_presets
-from shared.settings import DEFAULT_PRESETS
-from shared.storage import BucketPolicy, FileStorage, SupabaseStorage, Uploader
+from shared.decode.presets import load_presets
+from shared.deliver.storage import BucketPolicy, FileStorage, SupabaseStorage, Uploader
+from shared.engine.errors import JobError
+from shared.ops.settings import DEFAULT_PRESETS
 
 POLICY = BucketPolicy(load_presets(str(DEFAULT_PRESETS)))
 

@@ -6,9 +6,10 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from shared.contract import JobError, load_presets
-from shared.settings import DEFAULT_PRESETS, Settings
-from shared.storage import BucketPolicy, S3Storage, Uploader, make_storage
+from shared.decode.presets import load_presets
+from shared.deliver.storage import BucketPolicy, S3Storage, Uploader, make_storage
+from shared.engine.errors import JobError
+from shared.ops.settings import DEFAULT_PRESETS, Settings
 
 
 @pytest.fixture

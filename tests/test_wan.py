@@ -8,14 +8,16 @@ import pytest
 import torch
 from PIL import Image
 
-from shared.chat_client import request_enhancement
-from shared.contract import JobError, load_presets, parse_job
-from shared.decode import Decoder, Plan
-from shared.engine_settings import ChatSettings, WANSettings
-from shared.fetch import ReferenceFetcher
-from shared.media import probe_mp4
-from shared.queue import socket_timeout_of
-from shared.settings import DEFAULT_PRESETS, Settings
+from shared.decode.contract import parse_job
+from shared.decode.decoder import Decoder, Plan
+from shared.decode.fetch import ReferenceFetcher
+from shared.decode.presets import load_presets
+from shared.deliver.media import probe_mp4
+from shared.engine.errors import JobError
+from shared.ops.engine_settings import ChatSettings, WANSettings
+from shared.ops.settings import DEFAULT_PRESETS, Settings
+from shared.source.chat_client import request_enhancement
+from shared.source.queue import socket_timeout_of
 from tests.backend_payloads import build_payload, push
 from tests.helpers import running_worker
 from workers.chat.engine import ChatEngine
@@ -57,7 +59,7 @@ def engine_for(model, backend=None, redis_client=None, **config):
     def enhance(prompt, job_type):
         return request_enhancement(redis_client, "v1", prompt, job_type, engine.config.enhance_timeout_seconds)
 
-    # Decode as the runtime wires it (shared/decode.py): the WAN planner, references, enhancement.
+    # Decode as the runtime wires it (shared/decode/decoder.py): the WAN planner, references, enhancement.
     engine.test_decoder = Decoder(PRESETS, "payload", plan_wan, engine,
                                   fetch_image=fetcher.fetch_image if fetcher else None,
                                   enhance=enhance if redis_client is not None else None)
@@ -275,7 +277,7 @@ def test_first_block_cache_runs_for_fast_presets_only(tiny_wan):
 
 
 def test_bench_wan_runs_every_mode(tiny_wan):
-    from workers.wan.bench import run_wan_bench
+    from workers.bench.wan import run_wan_bench
 
     report = run_wan_bench(str(tiny_wan), device="cpu", width=64, height=64, frames=5, steps=2)
     assert set(report["seconds_per_job"]) == {"diffusers_default", "worker", "worker_first_block_cache"}

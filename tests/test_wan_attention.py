@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from shared.engine import NoStops
-from shared.engine_settings import WANSettings
-from shared.inputs import Generation
+from shared.engine.contract import NoStops
+from shared.engine.inputs import Generation
+from shared.ops.engine_settings import WANSettings
 from workers.wan.attention import (
     AttentionUnavailable,
     KernelSelfAttention,

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from shared.batching import BatchClock
-from shared.handoff import Handoff
-from shared.line import ReadyLine, StopSignal
-from shared.task import Task
+from shared.runtime.batching import BatchClock
+from shared.runtime.handoff import Handoff
+from shared.runtime.line import ReadyLine, StopSignal
+from shared.runtime.task import Task
 from tests.helpers import wait_until
 
 
@@ -161,13 +161,13 @@ def test_the_hand_off_lets_go_of_a_plan_even_when_delivery_fails():
 
 
 def test_the_watchdog_reads_the_gpu_loops_clock(monkeypatch, make_settings, redis_client):
-    from shared.keeper import Keeper
-    from shared.logging import get_logger
-    from shared.queue import JobQueue
+    from shared.ops.logging import get_logger
+    from shared.runtime.keeper import Keeper
+    from shared.source.queue import JobQueue
 
     exits = []
-    monkeypatch.setattr("shared.keeper.os._exit", exits.append)
-    monkeypatch.setattr("shared.keeper.WATCHDOG_GRACE", 0.0)
+    monkeypatch.setattr("shared.runtime.keeper.os._exit", exits.append)
+    monkeypatch.setattr("shared.runtime.keeper.WATCHDOG_GRACE", 0.0)
     settings = make_settings(lease_seconds=1, job_timeout_seconds=0.5)
     queue = JobQueue(redis_client, "w-watch", ("q",), "v2", 1, 3)
     clock = BatchClock()

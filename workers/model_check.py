@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from workers.cli_errors import UsageError
+from workers.cli.errors import UsageError
 
 SDXL_PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
 WAN_PIPELINES = ("WanPipeline", "WanVACEPipeline", "WanImageToVideoPipeline")

@@ -9,11 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared import keys
-from shared.decode import Decoder, Planner, plan_as_given
-from shared.engine import Engine
-from shared.settings import Settings
-from workers.cli_errors import UsageError
+from shared.decode.decoder import Decoder, Planner, plan_as_given
+from shared.engine.contract import Engine
+from shared.ops.settings import Settings
+from shared.source import keys
+from workers.cli.errors import UsageError
 
 SDXL_TYPES = ("sdxl_image_fast", "sdxl_image_high")
 WAN_TYPES = ("image_fast", "image_high", "video_fast", "video_high", "image7b_fast_enhanced",
@@ -115,13 +115,13 @@ def build_stages(engine: Engine, settings: Settings, client, *, storage=None, se
     serverless handler and the serial benchmark all run around the engine."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from shared.chat_client import request_enhancement
-    from shared.deliver import Delivery
-    from shared.fetch import ReferenceFetcher
-    from shared.outbox import CallbackSender
-    from shared.presets import load_presets
-    from shared.stages import GenerationStages
-    from shared.storage import BucketPolicy, Uploader, make_storage
+    from shared.decode.fetch import ReferenceFetcher
+    from shared.decode.presets import load_presets
+    from shared.deliver.delivery import Delivery
+    from shared.deliver.outbox import CallbackSender
+    from shared.deliver.storage import BucketPolicy, Uploader, make_storage
+    from shared.runtime.stages import GenerationStages
+    from shared.source.chat_client import request_enhancement
 
     spec = spec_for(engine)
     presets = load_presets(str(settings.presets_file))
@@ -147,10 +147,10 @@ def build_worker(engine: Engine, settings: Settings, *, redis_client=None, stora
                  queues: tuple[str, ...] | None = None, device: str = "cpu", max_jobs: int | None = None,
                  health_port: int | None = None, install_signal_handlers: bool = True):
     """An engine in the runtime, with its sources, decode and delivery wired from `settings`."""
-    from shared.metrics import WorkerMetrics
-    from shared.outbox import CallbackSender
-    from shared.queue import connect
-    from shared.runtime import Worker
+    from shared.deliver.outbox import CallbackSender
+    from shared.ops.metrics import WorkerMetrics
+    from shared.runtime.worker import Worker
+    from shared.source.queue import connect
 
     spec = spec_for(engine)
     client = redis_client or connect(settings.effective_redis_url)

@@ -12,18 +12,18 @@ import os
 import time
 from typing import Any
 
-from shared.compile_cache import use_compile_cache
-from shared.engine import Engine, NoStops
-from shared.errors import BadPayload, JobError
-from shared.failures import as_job_error
-from shared.settings import Settings
+from shared.engine.contract import Engine, NoStops
+from shared.engine.errors import BadPayload, JobError
+from shared.ops.compile_cache import use_compile_cache
+from shared.ops.failures import as_job_error
+from shared.ops.settings import Settings
 
 
 class ServerlessRunner:
     """One request at a time: decode, run, deliver, with the worker's own decode and delivery."""
 
     def __init__(self, engine: Engine, settings: Settings, device: str, **wiring):
-        from shared.queue import connect
+        from shared.source.queue import connect
         from workers.registry import build_stages
 
         self.engine = engine
@@ -60,7 +60,7 @@ class ServerlessRunner:
 def main() -> None:  # pragma: no cover - needs the runpod package and a RunPod endpoint
     import runpod
 
-    from workers.cli import build_parser
+    from workers.cli.main import build_parser
     from workers.registry import spec_for
 
     engine_name = os.environ.get("ENGINE", "sdxl")

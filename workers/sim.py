@@ -13,9 +13,9 @@ from collections.abc import Hashable
 import numpy as np
 from PIL import Image
 
-from shared.engine import Engine, RunContext
-from shared.errors import JobError
-from shared.inputs import Generated, Generation, ImageOutput, VideoOutput
+from shared.engine.contract import Engine, RunContext
+from shared.engine.errors import JobError
+from shared.engine.inputs import Generated, Generation, ImageOutput, VideoOutput
 
 
 def draw_frame(seed: int, width: int, height: int, t: float = 0.0) -> np.ndarray:

@@ -20,10 +20,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from shared.engine_settings import ChatSettings
-from shared.errors import JobError
-from shared.logging import get_logger
-from shared.runtime import Worker
+from shared.engine.errors import JobError
+from shared.ops.engine_settings import ChatSettings
+from shared.ops.logging import get_logger
+from shared.runtime.worker import Worker
 from workers.chat.callers import BadBody, Caller, CallerGone, json_body
 from workers.chat.openai_api import add_openai_routes
 from workers.chat.service import ChatJob

@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
-from shared import bounded_json
+from shared.ops import bounded_json
 
 
 class CallerGone(Exception):

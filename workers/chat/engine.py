@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from shared.engine import Engine, RunContext
-from shared.engine_settings import ChatSettings
-from shared.errors import JobError
-from shared.gpu import resolve_dtype
-from shared.logging import get_logger
+from shared.engine.contract import Engine, RunContext
+from shared.engine.errors import JobError
+from shared.ops.engine_settings import ChatSettings
+from shared.ops.gpu import resolve_dtype
+from shared.ops.logging import get_logger
 from workers.chat.generator import Request, TextGenerator
 from workers.chat.graphed_decode import decode_graphs_on, row_buckets
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from shared.logging import get_logger
+from shared.ops.logging import get_logger
 from workers.chat.sampling import BatchSampler, RowSampling
 
 log = get_logger(component="chat")

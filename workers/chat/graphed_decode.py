@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workers.cuda_graphs import cuda_capture, differs, graphs_wanted
+from workers.accel.cuda_graphs import cuda_capture, differs, graphs_wanted
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LENGTH_STEP = 256  # slab lengths are multiples of this: a graph serves 256 steps before the next

@@ -25,9 +25,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from shared.errors import JobError
-from shared.logging import get_logger
-from shared.runtime import Worker
+from shared.engine.errors import JobError
+from shared.ops.logging import get_logger
+from shared.runtime.worker import Worker
 from workers.chat.callers import BadBody, Caller, CallerGone, json_body
 from workers.chat.service import ChatJob
 from workers.chat.streaming import Generation

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.decode import Plan
-from shared.engine_settings import ChatSettings
-from shared.numbers import NumberRefused, read_number
+from shared.decode.decoder import Plan
+from shared.ops.engine_settings import ChatSettings
+from shared.ops.numbers import NumberRefused, read_number
 from workers.chat.conversation import BadRequest, fit_to_context, messages_from_request
 from workers.chat.engine import ChatEngine, ChatInput, LoadedModel
 from workers.chat.generator import Completion, Request

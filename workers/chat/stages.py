@@ -13,14 +13,14 @@ from typing import Any
 
 import redis
 
-from shared import keys
-from shared.decode import Plan
-from shared.errors import BadPayload, JobError
-from shared.job import SAFE_ID, decode_element
-from shared.metrics import WorkerMetrics
-from shared.queue import element_key
-from shared.runtime import Worker
-from shared.settings import Settings
+from shared.decode.decoder import Plan
+from shared.engine.errors import BadPayload, JobError
+from shared.ops.metrics import WorkerMetrics
+from shared.ops.settings import Settings
+from shared.runtime.worker import Worker
+from shared.source import keys
+from shared.source.element import SAFE_ID, decode_element
+from shared.source.queue import element_key
 from workers.chat.conversation import BadRequest
 from workers.chat.engine import ChatEngine
 from workers.chat.generator import Completion

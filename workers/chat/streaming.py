@@ -14,9 +14,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from shared.decode import Plan
-from shared.errors import JobError
-from shared.runtime import Worker
+from shared.decode.decoder import Plan
+from shared.engine.errors import JobError
+from shared.runtime.worker import Worker
 from workers.chat.generator import Completion
 
 

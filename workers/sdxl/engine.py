@@ -21,14 +21,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from shared.engine import Engine, RunContext
-from shared.engine_settings import SDXLSettings
-from shared.errors import JobError
-from shared.gpu import resolve_dtype
-from shared.inputs import Generated, Generation, ImageOutput
-from shared.logging import get_logger
-from workers.compile_watch import compiles_logged, graphs_compiled, uncompile, warm_up_logged
-from workers.cuda_graphs import GraphedForward
+from shared.engine.contract import Engine, RunContext
+from shared.engine.errors import JobError
+from shared.engine.inputs import Generated, Generation, ImageOutput
+from shared.ops.engine_settings import SDXLSettings
+from shared.ops.gpu import resolve_dtype
+from shared.ops.logging import get_logger
+from workers.accel.compile_watch import compiles_logged, graphs_compiled, uncompile, warm_up_logged
+from workers.accel.cuda_graphs import GraphedForward
 from workers.sdxl.prompts import PromptEmbeddings, PromptEncoder
 from workers.sdxl.schedulers import make_scheduler
 from workers.sdxl.speed import apply_switches, graphs_on, warmup_sizes

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 
-from shared.contract import Job
-from shared.decode import Plan, PlanTools, generation_of, known_name, require_fetcher
-from shared.engine_settings import SDXLSettings
-from shared.errors import JobError
-from shared.media import fit_image
+from shared.decode.decoder import Plan, PlanTools, generation_of, known_name, require_fetcher
+from shared.decode.job import Job
+from shared.deliver.media import fit_image
+from shared.engine.errors import JobError
+from shared.ops.engine_settings import SDXLSettings
 from workers.sdxl.schedulers import normalize_scheduler
 
 

@@ -7,7 +7,7 @@
   `SDXL_COMPILE_MODE=reduce-overhead` adds CUDA graphs. Exact math (within float error).
 - `SDXL_CUDA_GRAPHS` (`auto`, the default: on CUDA; an H200 made a 1024² image at batch 1 in
   1.52 s instead of 2.12, 44 ms a step instead of 64): the UNet replayed from a CUDA graph per
-  shape (workers/cuda_graphs.py), captured at the warm-up for every served size, each graph checked
+  shape (workers/accel/cuda_graphs.py), captured at the warm-up for every served size, each graph checked
   once against an eager call. Exact. Not with a whole-UNet compile (its own `reduce-overhead` mode
   does graphs there) nor for DeepCache's steps, which change what runs per step.
 - `SDXL_CUDNN_BENCHMARK`: cuDNN times its convolution algorithms per shape and keeps the fastest.
@@ -16,16 +16,16 @@
   upcast, H200, 1024², 30 steps): decode in bfloat16. SDXL's VAE overflows in float16 (NaNs:
   diffusers upcasts it to float32 then); bfloat16 has float32's range, so it decodes without NaNs
   and without the upcast. Approximate (see README's bound). `model`: diffusers' own behaviour.
-- `SDXL_FP8=dynamic|weights`: FP8 layers through torchao (workers/fp8.py). Approximate; off.
+- `SDXL_FP8=dynamic|weights`: FP8 layers through torchao (workers/accel/fp8.py). Approximate; off.
 """
 
 from __future__ import annotations
 
 import torch
 
-from shared.engine_settings import SDXLSettings
-from workers.cuda_graphs import graphs_wanted
-from workers.fp8 import quantize_fp8
+from shared.ops.engine_settings import SDXLSettings
+from workers.accel.cuda_graphs import graphs_wanted
+from workers.accel.fp8 import quantize_fp8
 
 # Sizes the presets and the 2026-04 backend's `resolution` ask for (configs/presets.toml).
 SERVED_SIZES = ((1024, 1024), (1024, 576), (576, 1024))

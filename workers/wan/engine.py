@@ -16,14 +16,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from shared.engine import Engine, RunContext
-from shared.engine_settings import WANSettings
-from shared.errors import JobError
-from shared.gpu import resolve_dtype, usable_memory_bytes
-from shared.inputs import Generated, Generation, ImageOutput, VideoOutput
-from shared.logging import get_logger
-from workers.compile_watch import compiles_logged, uncompile, warm_up_logged
-from workers.cuda_graphs import GraphedForward
+from shared.engine.contract import Engine, RunContext
+from shared.engine.errors import JobError
+from shared.engine.inputs import Generated, Generation, ImageOutput, VideoOutput
+from shared.ops.engine_settings import WANSettings
+from shared.ops.gpu import resolve_dtype, usable_memory_bytes
+from shared.ops.logging import get_logger
+from workers.accel.compile_watch import compiles_logged, uncompile, warm_up_logged
+from workers.accel.cuda_graphs import GraphedForward
 from workers.wan.solvers import make_solver
 from workers.wan.speed import (
     BatchedGuidance,

@@ -7,11 +7,11 @@ reported as made; reference frames are fetched and fitted when the loaded model 
 
 from __future__ import annotations
 
-from shared.contract import Job
-from shared.decode import Plan, PlanTools, generation_of, known_name, require_fetcher
-from shared.engine_settings import WANSettings
-from shared.errors import JobError
-from shared.media import fit_image
+from shared.decode.decoder import Plan, PlanTools, generation_of, known_name, require_fetcher
+from shared.decode.job import Job
+from shared.deliver.media import fit_image
+from shared.engine.errors import JobError
+from shared.ops.engine_settings import WANSettings
 from workers.wan.solvers import normalize_solver
 from workers.wan.speed import uses_cache
 

@@ -13,21 +13,21 @@
 - `WAN_ATTENTION=sdpa|cudnn|flash|sage`: the self-attention kernel (workers/wan/attention.py).
 - `WAN_CUDA_GRAPHS` (`auto`, the default: on CUDA; an H200 made a 480x832 image in 0.92 s instead of
   2.04): one-frame images run both guidance passes as one batch, replayed from a CUDA graph
-  (workers/cuda_graphs.py): an image's call is ~1,560 tokens, so its step was launch-bound. Exact
+  (workers/accel/cuda_graphs.py): an image's call is ~1,560 tokens, so its step was launch-bound. Exact
   (pixels within 0.0012 of the eager image on the H200).
 - `WAN_VAE_DTYPE=bf16`: decode in bfloat16 instead of float32. Approximate (see README's bound).
 - `WAN_CACHE=first_block` for the presets in `WAN_CACHE_PRESETS`: diffusers' first-block cache.
   Approximate.
-- `WAN_FP8=dynamic|weights`: FP8 layers through torchao (workers/fp8.py). Approximate; off.
+- `WAN_FP8=dynamic|weights`: FP8 layers through torchao (workers/accel/fp8.py). Approximate; off.
 """
 
 from __future__ import annotations
 
 import torch
 
-from shared.engine_settings import WANSettings
-from workers.cuda_graphs import graphs_wanted
-from workers.fp8 import quantize_fp8
+from shared.ops.engine_settings import WANSettings
+from workers.accel.cuda_graphs import graphs_wanted
+from workers.accel.fp8 import quantize_fp8
 from workers.wan.attention import apply_attention
 
 

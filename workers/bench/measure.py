@@ -1,0 +1,142 @@
+"""What the benchmarks measure beyond wall time: the card's peak, FLOPs per model call, time per step.
+
+- `peak_tflops`: the machine's own matmul throughput (bf16 on CUDA, fp32 on a CPU), measured,
+  not read from a spec sheet: model FLOPs utilisation is reported against it.
+- `CapturedCall` + `call_flops`: the arguments of a model's first real call during a generation,
+  replayed once under torch's FLOP counter.
+- `pixel_difference`: how far one variant's pixels are from another's on the same jobs and seeds.
+- `graph_state`: what a module's CUDA graphs did in a variant.
+- `StepClock`: a run context that notes when each denoising step ends (ms per step, excluding
+  text encoding and VAE decoding), without slowing the run it times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from shared.engine.contract import NoStops
+from shared.ops.gpu import synchronize
+
+
+def peak_tflops(device: str, size: int | None = None, repeats: int = 10) -> float:
+    """Dense matmul throughput in TFLOP/s: bf16 on CUDA (what the models run in), fp32 on a CPU."""
+    cuda = device.startswith("cuda")
+    size = size or (8192 if cuda else 1024)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b  # warm-up
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronize(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e12
+
+
+class CapturedCall:
+    """Counts a module's calls and keeps the arguments of the first (`with CapturedCall(module):`)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module, self.calls, self.args, self.kwargs = module, 0, None, None
+
+    def _hook(self, _module, args, kwargs):
+        self.calls += 1
+        if self.args is None:
+            self.args, self.kwargs = args, dict(kwargs)
+
+    def __enter__(self) -> CapturedCall:
+        self.handle = self.module.register_forward_pre_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+    def flops(self) -> int:
+        """FLOPs of one call with the captured arguments (0 if it was never called)."""
+        if self.args is None:
+            return 0
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        # A diffusers model with a step cache wants a cache context around every call; a fresh
+        # one computes every block, so the count is the model's full FLOPs.
+        context = getattr(self.module, "cache_context", None)
+        with torch.inference_mode(), (context("flops") if context else contextlib.nullcontext()), counter:
+            self.module(*self.args, **self.kwargs)
+        return int(counter.get_total_flops())
+
+
+class StepClock(NoStops):
+    """A run context that never stops anything and notes when each step ends: a CUDA event on a GPU
+    (no synchronising, which would stall the launch queue and slow the run it measures), the host
+    clock on a CPU."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.marks: list = []
+        self._step = None
+
+    def progress(self, item: Any, step: int, total: int) -> None:
+        if step == self._step:  # a batch reports each step once per input: one mark per step
+            return
+        self._step = step
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def ms_per_step(self) -> float | None:
+        """Mean time between the first and the last step's end (call after the run has finished)."""
+        if len(self.marks) < 2:
+            return None
+        first, last = self.marks[0], self.marks[-1]
+        if self.cuda:
+            last.synchronize()
+            elapsed = first.elapsed_time(last)
+        else:
+            elapsed = (last - first) * 1000
+        return elapsed / (len(self.marks) - 1)
+
+
+def utilisation(flops_per_step: float, ms_per_step: float | None, peak: float) -> float | None:
+    """Model FLOPs utilisation: achieved FLOP/s over the measured peak."""
+    if not ms_per_step or not peak or not flops_per_step:
+        return None
+    return flops_per_step / (ms_per_step / 1000) / (peak * 1e12)
+
+
+def pixel_difference(results, reference) -> dict[str, float] | None:
+    """Mean and largest |difference| of two runs' pixels, on a 0-1 scale (same jobs, same seeds)."""
+    if reference is None:
+        return None
+    ours, theirs = _pixels(results), _pixels(reference)
+    if ours is None or theirs is None or ours.shape != theirs.shape:
+        return None
+    delta = np.abs(ours - theirs)
+    return {"mean": round(float(delta.mean()), 5), "max": round(float(delta.max()), 4)}
+
+
+def _pixels(results) -> np.ndarray | None:
+    arrays = []
+    for result in results:
+        for output in getattr(result, "items", []):
+            data = getattr(output, "frames", None)
+            data = np.asarray(output.image if data is None else data)
+            arrays.append(data.astype(np.float32) / 255.0 if data.dtype == np.uint8 else data.astype(np.float32))
+    return np.stack(arrays) if arrays else None
+
+
+def graph_state(graphs) -> dict | None:
+    """What a module's CUDA graphs did in a variant: captured, replayed, ran eagerly, or failed."""
+    if graphs is None:
+        return None
+    return {"graphs": len(graphs.graphs), "replays": graphs.replays, "eager_calls": graphs.eager_calls,
+            "failed": graphs.failed}

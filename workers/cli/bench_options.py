@@ -1,0 +1,104 @@
+"""`ourvidz-worker bench NAME`: each benchmark's own flags (kept apart from the benchmarks, which
+import torch, so that `--help` stays instant). The benchmark modules read these in `run_from_args`."""
+
+from __future__ import annotations
+
+import argparse
+
+BENCHMARKS = {"fleet": "workers.bench.fleet", "sdxl": "workers.bench.sdxl", "wan": "workers.bench.wan",
+              "chat": "workers.bench.chat", "all": "workers.bench.all_engines", "cold-start": "workers.bench.cold_start"}
+
+DTYPES = ["auto", "fp16", "bf16", "fp32"]
+# `bench all --variants`: the SDXL and WAN variants workers/bench/all_engines.py knows (some run on CUDA only).
+VARIANTS = ("worker", "vae-bf16", "cache", "cudnn", "compile-regional", "compile", "fp8", "batched-guidance",
+            "defaults", "graphs", "compile-regional-graphs", "attention-cudnn", "attention-flash", "attention-sage")
+
+
+def variant_list(text: str) -> tuple[str, ...]:
+    """`a,b,c` in that order; a name no bench has is a usage error, not a run that measures nothing."""
+    keys = tuple(key.strip() for key in text.split(",") if key.strip())
+    unknown = [key for key in keys if key not in VARIANTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown variant {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+    return keys
+
+
+def _model(parser: argparse.ArgumentParser, what: str, config: str) -> None:
+    parser.add_argument("--model", help=f"{what}, or with --random-weights a config folder ({config})")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="build the architecture at --model with random weights: real size, nothing to download")
+    parser.add_argument("--device", default="cuda", help="torch device (default cuda; cpu for a quick look)")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bf16 on CUDA, fp32 on CPU")
+
+
+def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
+    which = bench.add_subparsers(dest="what", required=True, metavar="{all,fleet,sdxl,wan,chat,cold-start}")
+
+    every = which.add_parser("all", help="every benchmark on this machine, one report (report.json, report.md)",
+                             description="SDXL, WAN, chat and fleet, each against its baseline in the same run; "
+                                         "ms per denoising step and model FLOPs utilisation against a measured peak.")
+    every.add_argument("--device", default="cuda", help="cuda or cpu (default cuda)")
+    every.add_argument("--tiny", action="store_true",
+                       help="the tiny models (minutes on a CPU); default: full-size random weights")
+    every.add_argument("--out", default="bench-report", help="folder for report.json and report.md")
+    every.add_argument("--only", default="sdxl,wan,chat,fleet", help="which benchmarks (default all four)")
+    every.add_argument("--variants", default=(), type=variant_list,
+                       help=f"SDXL/WAN variants to run, in this order, e.g. worker,cache (keys: {', '.join(VARIANTS)}; "
+                            "default all)")
+    every.add_argument("--model-configs", metavar="DIR",
+                       help="the full-size architectures (default ../shared/model-configs beside the checkout)")
+
+    cold = which.add_parser("cold-start", help="a compiled worker's start, with an empty and a warm compile cache",
+                            description="Starts the engine with its compile on twice, each in a fresh process: "
+                                        "with an empty COMPILE_CACHE_DIR, then with what the first start left.")
+    cold.add_argument("--engine", default="wan", choices=["wan", "sdxl"], help="which engine (default wan)")
+    cold.add_argument("--device", default="cuda", help="cuda or cpu (default cuda)")
+    cold.add_argument("--tiny", action="store_true", help="the tiny model; default: full-size random weights")
+    cold.add_argument("--model-configs", metavar="DIR",
+                      help="the full-size architectures (default ../shared/model-configs beside the checkout)")
+
+    fleet = which.add_parser("fleet", help="the runtime against a one-job-at-a-time loop, on the sim engine",
+                             description="Same jobs through the pipelined runtime and strictly serially, against a "
+                                         "local backend with injected latency; or --workers N real worker processes.")
+    fleet.add_argument("--jobs", type=int, default=20, help="jobs per run (default 20)")
+    fleet.add_argument("--images", type=int, default=1, help="images per job (default 1)")
+    fleet.add_argument("--gpu-seconds", type=float, default=1.0, help="simulated GPU time per image (default 1)")
+    fleet.add_argument("--upload-latency", type=float, default=0.2, help="seconds per storage upload (default 0.2)")
+    fleet.add_argument("--callback-latency", type=float, default=0.05, help="seconds per callback (default 0.05)")
+    fleet.add_argument("--size", type=int, default=1024, help="image side in pixels (default 1024)")
+    fleet.add_argument("--workers", type=int, default=0,
+                       help="instead: start N sim worker processes on one Redis and count its commands")
+    fleet.add_argument("--idle-seconds", type=float, default=20.0, help="with --workers: the idle window measured")
+
+    sdxl = which.add_parser("sdxl", help="SDXL: plain diffusers vs this worker, alone and batched",
+                            description="Times the same one-image jobs through a plain diffusers pipeline, this "
+                                        "worker one job at a time, and this worker batching across jobs.")
+    _model(sdxl, "an SDXL diffusers folder or .safetensors checkpoint", "../shared/model-configs/sdxl-base-1.0")
+    sdxl.add_argument("--jobs", type=int, default=6, help="one-image jobs per mode (default 6)")
+    sdxl.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    sdxl.add_argument("--size", type=int, default=1024, help="image side in pixels (default 1024)")
+    sdxl.add_argument("--batch", type=int, default=6, help="images per call when batching (default 6)")
+    sdxl.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+
+    wan = which.add_parser("wan", help="WAN: plain diffusers vs this worker (and its step cache)",
+                           description="Times one image job and one video job through plain WanPipeline calls, "
+                                       "this worker, and this worker with first-block caching.")
+    _model(wan, "a Wan 2.1 diffusers folder", "../shared/model-configs/wan2.1-t2v-1.3b")
+    wan.add_argument("--size", default="480x832", help="WIDTHxHEIGHT (default 480x832)")
+    wan.add_argument("--frames", type=int, default=81, help="video frames (default 81)")
+    wan.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    wan.add_argument("--no-cache", action="store_true", help="skip the first-block-cache run")
+
+    chat = which.add_parser("chat", help="the chat worker over HTTP: concurrency, head-of-line, auth latency",
+                            description="A real chat worker driven over loopback HTTP from a second process; "
+                                        "and its decoder against transformers.generate on the same batch.")
+    _model(chat, "a Qwen2.5 folder", "../shared/model-configs/qwen2.5-7b-instruct")
+    chat.add_argument("--max-tokens", type=int, default=64, help="tokens per answer (default 64)")
+    chat.add_argument("--concurrency", default="16,64", help="concurrent callers to measure (default 16,64)")
+    chat.add_argument("--long-tokens", type=int, default=512,
+                      help="the long request a short one is sent beside (default 512)")
+    chat.add_argument("--backend", default="transformers", choices=["transformers", "vllm"],
+                      help="generator to measure (default transformers)")
+
+    for parser in (every, cold, fleet, sdxl, wan, chat):
+        parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
