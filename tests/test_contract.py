@@ -98,7 +98,7 @@ def test_v2_exact_copy_forces_low_denoise_cfg_one_and_no_negative():
     payload["metadata"].update({"exact_copy_mode": True, "denoise_strength": 0.4})
     payload["negative_prompt"] = "ugly"
     job = parse_job(payload, PRESETS)
-    assert job.pipeline == "img2img"
+    assert job.mode == "img2img"
     assert job.references.denoise_strength == 0.05 and job.guidance_scale == 1.0 and job.negative_prompt == ""
 
 
@@ -106,7 +106,7 @@ def test_reference_strength_becomes_denoise():
     payload = v1_sdxl()
     payload["metadata"].update({"reference_image_url": "https://x/a.png", "reference_strength": 0.7})
     job = parse_job(payload, PRESETS)
-    assert job.references.denoise_strength == pytest.approx(0.3) and job.pipeline == "img2img"
+    assert job.references.denoise_strength == pytest.approx(0.3) and job.mode == "img2img"
 
 
 def test_payload_negative_prompt_replaces_preset_one():
@@ -189,7 +189,7 @@ def test_video_reference_frames_carry_no_denoise():
     payload["metadata"].update({"video_reference_mode": "both", "start_reference_url": "s.png",
                                 "end_reference_url": "e.png", "denoise_strength": 0.5})
     job = parse_job(payload, PRESETS)
-    assert job.pipeline == "video" and job.references.video_reference_mode == "both"
+    assert job.mode == "video" and job.references.video_reference_mode == "both"
     assert job.references.denoise_strength is None
 
 

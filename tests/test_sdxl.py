@@ -211,7 +211,7 @@ def test_img2img_from_a_storage_key_with_compel(engine):
     plan = decode(engine, job(seed=4, top={"compel_enabled": True},
                               metadata={"reference_image_url": "user-library/u/ref.png", "reference_strength": 0.4}))
     j = plan.input
-    assert j.pipeline == "img2img" and j.denoise_strength == pytest.approx(0.6) and j.compel
+    assert j.mode == "img2img" and j.denoise_strength == pytest.approx(0.6) and j.compel
     result = engine.run([j], Ctx())[0]
     assert result.items[0].image.size == (64, 64)
     assert plan.asset_facts == {"reference_resize": "cover", "reference_original_size": [128, 96]}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from workers.cli.errors import UsageError
+from workers.config_error import ConfigError
 
 SDXL_PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
 WAN_PIPELINES = ("WanPipeline", "WanVACEPipeline", "WanImageToVideoPipeline")
@@ -38,7 +38,7 @@ def describe(path: Path) -> str:
 def _existing(model: str, engine: str) -> Path:
     path = Path(model).expanduser()
     if not path.exists():
-        raise UsageError(f"--model {model}: no such file or folder (run {engine} needs its model there; "
+        raise ConfigError(f"--model {model}: no such file or folder (run {engine} needs its model there; "
                          f"`ourvidz-worker fetch-models` downloads it, `make-tiny-model {engine} DIR` makes a tiny one)")
     return path
 
@@ -47,12 +47,12 @@ def check_sdxl(model: str) -> None:
     path = _existing(model, "sdxl")
     if path.is_file():
         if path.suffix != ".safetensors":
-            raise UsageError(f"--model {model} is {describe(path)}; run sdxl takes a .safetensors checkpoint "
+            raise ConfigError(f"--model {model} is {describe(path)}; run sdxl takes a .safetensors checkpoint "
                              "or a diffusers SDXL folder")
         return
     index = _json(path / "model_index.json") or {}
     if index.get("_class_name") not in SDXL_PIPELINES:
-        raise UsageError(f"--model {model} is {describe(path)}; run sdxl needs a diffusers SDXL folder "
+        raise ConfigError(f"--model {model} is {describe(path)}; run sdxl needs a diffusers SDXL folder "
                          f"(model_index.json: StableDiffusionXLPipeline) or a .safetensors checkpoint")
 
 
@@ -60,7 +60,7 @@ def check_wan(model: str) -> None:
     path = _existing(model, "wan")
     index = _json(path / "model_index.json") or {}
     if path.is_file() or index.get("_class_name") not in WAN_PIPELINES:
-        raise UsageError(f"--model {model} is {describe(path)}; run wan needs a diffusers Wan 2.1 folder "
+        raise ConfigError(f"--model {model} is {describe(path)}; run wan needs a diffusers Wan 2.1 folder "
                          "(model_index.json: WanPipeline or WanVACEPipeline)")
 
 
@@ -69,7 +69,7 @@ def check_chat(model: str) -> None:
     config = _json(path / "config.json") or {}
     architectures = config.get("architectures") or []
     if path.is_file() or not any(a.endswith("ForCausalLM") for a in architectures):
-        raise UsageError(f"--model {model} is {describe(path)}; run chat needs a transformers causal language "
+        raise ConfigError(f"--model {model} is {describe(path)}; run chat needs a transformers causal language "
                          "model folder (config.json: Qwen2ForCausalLM) with its tokenizer")
     if not any((path / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
-        raise UsageError(f"--model {model} has no tokenizer files (tokenizer.json); copy them beside the weights")
+        raise ConfigError(f"--model {model} has no tokenizer files (tokenizer.json); copy them beside the weights")

@@ -1,11 +1,13 @@
-"""The one registry of engines: per engine, its queues, job types, URL announcement, tiny-model
-builders, how to build it, and how its jobs are decoded. `build_worker` wires an engine into the
-runtime with everything it needs (Redis, storage, callbacks, reference fetcher, enhancement).
+"""The one registry of engines, and the composition root: per engine, its queues, job types, URL
+announcement, tiny-model builders, model check, how to build it and how its jobs are decoded.
+`build_worker` wires an engine into the runtime with everything it needs (Redis, storage,
+callbacks, reference fetcher, enhancement, metrics). It takes plain values and a mapping of
+options, never a command line; what cannot work is a `ConfigError`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +15,8 @@ from shared.decode.decoder import Decoder, Planner, plan_as_given
 from shared.engine.contract import Engine
 from shared.ops.settings import Settings
 from shared.source import keys
-from workers.cli.errors import UsageError
+from workers import model_check
+from workers.config_error import ConfigError
 
 SDXL_TYPES = ("sdxl_image_fast", "sdxl_image_high")
 WAN_TYPES = ("image_fast", "image_high", "video_fast", "video_high", "image7b_fast_enhanced",
@@ -25,52 +28,43 @@ class EngineSpec:
     name: str
     queues: tuple[str, ...]
     job_types: tuple[str, ...] | None  # None: every type routed to its queues
-    build: Callable[[str | None, Settings, Any], Engine]  # (model, settings, cli args) -> engine
+    build: Callable[[str | None, Settings, Mapping[str, Any]], Engine]  # (model, settings, options) -> engine
     planner: Planner | None = None  # decode for generation engines; None: the engine brings its own stages
     announce: str | None = None  # backend function told this worker's RunPod URL
-    tiny_models: dict[str, str] = field(default_factory=dict)  # make-tiny-model name -> "module:function"
+    tiny_models: dict[str, Callable[[str], None]] = field(default_factory=dict)  # make-tiny-model name -> builder(dir)
     enhances_prompts: bool = False  # `*_enhanced` types are rewritten by the chat worker first
-    check_model: Callable[[str], None] | None = None  # raises UsageError when --model is not what it loads
+    check_model: Callable[[str], None] | None = None  # raises ConfigError when the model is not what it loads
     libraries: tuple[str, ...] = ()  # model libraries it loads (their logs are routed into ours)
 
 
-def _sim(_model, _settings, args) -> Engine:
+def _sim(_model, _settings, options: Mapping[str, Any]) -> Engine:
     from workers.sim import SimEngine
 
-    return SimEngine(gpu_seconds=getattr(args, "gpu_seconds", 1.0), max_batch_images=getattr(args, "batch_images", 1))
+    return SimEngine(gpu_seconds=options.get("gpu_seconds", 1.0), max_batch_images=options.get("batch_images", 1))
 
 
-def _sdxl(model, settings, _args) -> Engine:
+def _sdxl(model, settings, _options) -> Engine:
     from workers.sdxl.engine import SDXLEngine
 
     if not model:
-        raise UsageError("run sdxl needs --model (or MODEL_PATH): a diffusers folder or a .safetensors checkpoint")
+        raise ConfigError("run sdxl needs --model (or MODEL_PATH): a diffusers folder or a .safetensors checkpoint")
     return SDXLEngine(model, settings.sdxl)
 
 
-def _wan(model, settings, _args) -> Engine:
+def _wan(model, settings, _options) -> Engine:
     from workers.wan.engine import WANEngine
 
     if not model:
-        raise UsageError("run wan needs --model (or MODEL_PATH): a diffusers Wan 2.1 folder (T2V or VACE)")
+        raise ConfigError("run wan needs --model (or MODEL_PATH): a diffusers Wan 2.1 folder (T2V or VACE)")
     return WANEngine(model, settings.wan)
 
 
-def _chat(model, settings, _args) -> Engine:
+def _chat(model, settings, _options) -> Engine:
     from workers.chat.engine import ChatEngine
 
     if not model:
-        raise UsageError("run chat needs --model (or MODEL_PATH): a Qwen2.5 Instruct folder")
+        raise ConfigError("run chat needs --model (or MODEL_PATH): a Qwen2.5 Instruct folder")
     return ChatEngine(model, settings.chat)
-
-
-def _check(name: str):
-    def check(model: str) -> None:
-        from workers import model_check
-
-        getattr(model_check, f"check_{name}")(model)
-
-    return check
 
 
 def _plan_sdxl(job, tools):
@@ -85,28 +79,53 @@ def _plan_wan(job, tools):
     return plan_wan(job, tools)
 
 
+# Tiny random-weight models (make-tiny-model, the tests): imported only when one is made.
+def _tiny_sdxl(folder: str) -> None:
+    from workers.sdxl.tiny import make_tiny_sdxl
+
+    make_tiny_sdxl(folder)
+
+
+def _tiny_wan(folder: str) -> None:
+    from workers.wan.tiny import make_tiny_wan
+
+    make_tiny_wan(folder)
+
+
+def _tiny_vace(folder: str) -> None:
+    from workers.wan.tiny import make_tiny_vace
+
+    make_tiny_vace(folder)
+
+
+def _tiny_chat(folder: str) -> None:
+    from workers.chat.tiny import make_tiny_chat
+
+    make_tiny_chat(folder)
+
+
 ENGINES: dict[str, EngineSpec] = {
     "sim": EngineSpec("sim", keys.JOB_QUEUES, None, _sim, plan_as_given),
     "sdxl": EngineSpec("sdxl", (keys.SDXL_QUEUE,), SDXL_TYPES, _sdxl, _plan_sdxl,
-                       tiny_models={"sdxl": "workers.sdxl.tiny:make_tiny_sdxl"}, check_model=_check("sdxl"),
+                       tiny_models={"sdxl": _tiny_sdxl}, check_model=model_check.check_sdxl,
                        libraries=("transformers", "diffusers")),
     "wan": EngineSpec("wan", (keys.WAN_QUEUE,), WAN_TYPES, _wan, _plan_wan, announce="update-worker-url",
-                      tiny_models={"wan": "workers.wan.tiny:make_tiny_wan", "wan-vace": "workers.wan.tiny:make_tiny_vace"},
-                      enhances_prompts=True, check_model=_check("wan"), libraries=("transformers", "diffusers")),
+                      tiny_models={"wan": _tiny_wan, "wan-vace": _tiny_vace},
+                      enhances_prompts=True, check_model=model_check.check_wan, libraries=("transformers", "diffusers")),
     "chat": EngineSpec("chat", (keys.CHAT_QUEUE,), ("chat", "enhance"), _chat, announce="register-chat-worker",
-                       tiny_models={"chat": "workers.chat.tiny:make_tiny_chat"}, check_model=_check("chat"),
+                       tiny_models={"chat": _tiny_chat}, check_model=model_check.check_chat,
                        libraries=("transformers",)),
 }
 
 
-def tiny_model_builders() -> dict[str, str]:
+def tiny_model_builders() -> dict[str, Callable[[str], None]]:
     return {name: target for spec in ENGINES.values() for name, target in spec.tiny_models.items()}
 
 
 def spec_for(engine: Engine | str) -> EngineSpec:
     name = engine if isinstance(engine, str) else engine.name
     if name not in ENGINES:
-        raise UsageError(f"unknown engine {name!r}; available: {', '.join(ENGINES)}")
+        raise ConfigError(f"unknown engine {name!r}; available: {', '.join(ENGINES)}")
     return ENGINES[name]
 
 

@@ -60,13 +60,14 @@ class ServerlessRunner:
 def main() -> None:  # pragma: no cover - needs the runpod package and a RunPod endpoint
     import runpod
 
-    from workers.cli.main import build_parser
     from workers.registry import spec_for
 
-    engine_name = os.environ.get("ENGINE", "sdxl")
-    args = build_parser().parse_args(["run", engine_name, "--device", os.environ.get("DEVICE", "cuda")])
+    spec = spec_for(os.environ.get("ENGINE", "sdxl"))
+    model = os.environ.get("MODEL_PATH")
+    if model and spec.check_model is not None:
+        spec.check_model(model)
     settings = Settings()
-    runner = ServerlessRunner(spec_for(engine_name).build(args.model, settings, args), settings, args.device)
+    runner = ServerlessRunner(spec.build(model, settings, {}), settings, os.environ.get("DEVICE", "cuda"))
     runpod.serverless.start({"handler": runner.handle})
 
 

@@ -12,7 +12,7 @@ from transformers import CLIPTokenizer
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 
-def _byte_characters() -> list[str]:
+def byte_characters() -> list[str]:
     """The printable stand-in character for each byte, as byte-level BPE tokenizers use."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     shifted = 0
@@ -27,7 +27,7 @@ def _byte_characters() -> list[str]:
 
 
 def build_clip_tokenizer(pad_token: str = EOS) -> CLIPTokenizer:
-    chars = _byte_characters()
+    chars = byte_characters()
     vocab = {c: i for i, c in enumerate(chars)}
     for c in chars:
         vocab[c + "</w>"] = len(vocab)

@@ -76,9 +76,9 @@ def _job(p: Payload, presets: Presets, policy: str, job_id: str) -> Job:
         raise JobError("invalid_parameter", "negative_prompt must be text", job_id=job_id)
 
     references = _references(c, m, engine, d, job_id)
-    pipeline = "video" if engine == "wan" else c.pipeline if c.pipeline in ("txt2img", "img2img") else (
+    mode = "video" if engine == "wan" else c.pipeline if c.pipeline in ("txt2img", "img2img") else (
         "img2img" if references.image_url else "txt2img")
-    if pipeline == "img2img" and not references.image_url:
+    if mode == "img2img" and not references.image_url:
         raise JobError("invalid_parameter", "img2img job has no reference image URL", job_id=job_id)
     if references.exact_copy:
         guidance, negative = 1.0, ""
@@ -97,7 +97,7 @@ def _job(p: Payload, presets: Presets, policy: str, job_id: str) -> Job:
         guidance_scale=guidance, scheduler=str(pick(c.scheduler, "scheduler")), num_images=num_images,
         seed=seed, seed_from_payload=seed_given, frames=frames, fps=fps, shift=shift,
         enhance_prompt=c.enhance_prompt if c.enhance_prompt is not None else flag(preset.get("enhance_prompt")),
-        pipeline=pipeline, references=references, compel_enabled=compel_enabled, compel_weights=compel_weights,
+        mode=mode, references=references, compel_enabled=compel_enabled, compel_weights=compel_weights,
         requested_size=requested_size,
     )
 

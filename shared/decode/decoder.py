@@ -112,7 +112,7 @@ def generation_of(job: Job, **changes: Any) -> Generation:
     values = dict(
         id=job.id, media=job.media, prompt=job.encoder_prompt, negative_prompt=job.negative_prompt,
         width=job.width, height=job.height, steps=job.steps, guidance_scale=job.guidance_scale,
-        scheduler=job.scheduler, seeds=tuple(job.image_seeds()), compel=job.compel_enabled, pipeline=job.pipeline,
+        scheduler=job.scheduler, seeds=tuple(job.image_seeds()), compel=job.compel_enabled, mode=job.mode,
         frames=job.frames, fps=job.fps, shift=job.shift, denoise_strength=job.references.denoise_strength,
         step_cache=job.quality == "fast",
     )

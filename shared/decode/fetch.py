@@ -13,17 +13,26 @@ import io
 import ipaddress
 import re
 import socket
+from typing import Protocol
 from urllib.parse import urljoin, urlparse
 
 import httpx
 from PIL import Image
 
-from shared.deliver.storage import Storage, _read_capped
 from shared.engine.errors import JobError
+from shared.ops.downloads import read_capped
 from shared.ops.settings import Settings
 
 MAX_REDIRECTS = 3
 REFERENCE_BUCKETS = ("user-library", "workspace-temp", "reference_images")  # the backend's bucket names
+
+
+class ObjectReader(Protocol):
+    """What a reference read from the bucket needs of storage (every store in shared/deliver/storage.py)."""
+
+    def get(self, bucket: str, key: str, max_bytes: int) -> bytes: ...
+
+
 _MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
 
 
@@ -41,7 +50,7 @@ def sniff_image_format(data: bytes) -> str | None:
 
 
 class ReferenceFetcher:
-    def __init__(self, settings: Settings, storage: Storage | None = None, http: httpx.Client | None = None):
+    def __init__(self, settings: Settings, storage: ObjectReader | None = None, http: httpx.Client | None = None):
         self.allowed_hosts = settings.allowed_reference_hosts()
         self.allow_private = settings.reference_allow_private
         self.max_bytes = settings.reference_max_bytes
@@ -100,7 +109,7 @@ class ReferenceFetcher:
                         continue
                     if response.status_code != 200:
                         raise _fail(f"reference download answered {response.status_code} ({_describe(url)})")
-                    return _read_capped(response, self.max_bytes, f"reference {_describe(url)}")
+                    return read_capped(response, self.max_bytes, f"reference {_describe(url)}")
             except httpx.HTTPError as exc:
                 raise JobError("reference_error", f"reference download failed: {type(exc).__name__}",
                                retryable=True) from exc

@@ -49,7 +49,7 @@ class Job:
     fps: int = 16
     shift: float | None = None
     enhance_prompt: bool = False
-    pipeline: str = "txt2img"  # txt2img | img2img | video
+    mode: str = "txt2img"  # txt2img | img2img | video: how the diffusers pipeline is called
     references: References = field(default_factory=References)
     compel_enabled: bool = False
     compel_weights: str | None = None  # Compel syntax, applied only when compel_enabled

@@ -123,7 +123,7 @@ def _reference_facts(job: Job) -> dict[str, Any]:
     """What kind of reference job this was: denoise and copy/modify for image-to-image only;
     a video's reference frames are reported by their mode (the engine adds what it applied)."""
     refs = job.references
-    if job.pipeline == "img2img" and refs.denoise_strength is not None:
+    if job.mode == "img2img" and refs.denoise_strength is not None:
         return {"denoise_strength": refs.denoise_strength,
                 "reference_mode": refs.reference_mode or ("copy" if refs.exact_copy else "modify")}
     if job.engine == "wan":

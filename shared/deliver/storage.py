@@ -18,6 +18,7 @@ import httpx
 
 from shared.decode.presets import Presets
 from shared.engine.errors import JobError
+from shared.ops.downloads import read_capped
 from shared.ops.retry import PermanentError, TransientError, is_transient_status, with_retries
 from shared.ops.settings import Settings
 
@@ -133,7 +134,7 @@ class SupabaseStorage:
                 response.read()
                 raise JobError("reference_error", f"storage answered {response.status_code} for {bucket}/{key}: "
                                f"{_error_detail(response)}")
-            return _read_capped(response, max_bytes, f"{bucket}/{key}")
+            return read_capped(response, max_bytes, f"{bucket}/{key}")
 
     def describe(self) -> str:
         return f"supabase {self.base_url}"
@@ -143,19 +144,6 @@ class SupabaseStorage:
         if response.status_code != 200:
             raise RuntimeError(f"storage answered {response.status_code}: {_error_detail(response)}")
         return f"{len(response.json())} buckets visible at {self.base_url}"
-
-
-def _read_capped(response: httpx.Response, max_bytes: int, what: str) -> bytes:
-    declared = response.headers.get("Content-Length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise JobError("reference_error", f"{what} is {int(declared)} bytes, the limit is {max_bytes}")
-    chunks, total = [], 0
-    for chunk in response.iter_bytes():
-        total += len(chunk)
-        if total > max_bytes:
-            raise JobError("reference_error", f"{what} is larger than the limit of {max_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _error_detail(response: httpx.Response) -> str:

@@ -31,7 +31,7 @@ class Generation:
     scheduler: str
     seeds: tuple[int, ...]  # one output per seed
     compel: bool = False  # read weighting syntax in the prompt
-    pipeline: str = "txt2img"  # txt2img | img2img | video
+    mode: str = "txt2img"  # txt2img | img2img | video: how the diffusers pipeline is called
     frames: int = 1
     fps: int = 16
     shift: float | None = None

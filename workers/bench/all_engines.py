@@ -169,7 +169,7 @@ WAN_MEDIA = {"worker": ("video", "image"), "defaults": ("video", "image"), "grap
 def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
               asked: tuple[str, ...]) -> Iterator[dict]:
     from shared.ops.engine_settings import SDXLSettings
-    from workers.bench.sdxl import _time_baseline
+    from workers.bench.sdxl import time_baseline
     from workers.sdxl.engine import SDXLEngine
 
     model, factory = sdxl_model(tiny, tmp, configs)
@@ -178,7 +178,7 @@ def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
     work = [Generation(id=f"bench-{i}", media="image", prompt=f"benchmark prompt {i}, a lighthouse at dawn",
                        negative_prompt="blurry, low quality", width=size, height=size, steps=steps,
                        guidance_scale=6.0, scheduler="euler", seeds=(i,)) for i in range(jobs)]
-    baseline = _time_baseline(factory(model, None, dtype).to(device), work, device)
+    baseline = time_baseline(factory(model, None, dtype).to(device), work, device)
     _free(device)
     variants = sdxl_variants(device)
     reference: dict[str, list] = {}  # mode -> the first exact variant's images, which the others are compared with
@@ -215,7 +215,7 @@ def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
 def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
              asked: tuple[str, ...]) -> Iterator[dict]:
     from shared.ops.engine_settings import WANSettings
-    from workers.bench.wan import _time_baseline
+    from workers.bench.wan import time_baseline
     from workers.wan.engine import WANEngine
 
     folder = wan_model(tiny, tmp, configs)
@@ -228,7 +228,7 @@ def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs
                           guidance_scale=6.5, scheduler="unipc", seeds=(1,), frames=frames if media == "video" else 1,
                           fps=16, shift=5.0, step_cache=cache)
 
-    baseline = _time_baseline(folder, {"video": job("video"), "image": job("image")}, device, dtype, width, height,
+    baseline = time_baseline(folder, {"video": job("video"), "image": job("image")}, device, dtype, width, height,
                               steps)
     _free(device)
     variants = wan_variants(device)

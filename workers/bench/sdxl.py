@@ -53,7 +53,7 @@ def random_weights_pipeline(config_dir: str, _config=None, dtype: torch.dtype = 
 
 
 
-def _time_baseline(pipe, work, device: str) -> float:
+def time_baseline(pipe, work, device: str) -> float:
     """Plain diffusers with its default settings, one call per job; seconds per image."""
     pipe.set_progress_bar_config(disable=True)
 
@@ -85,7 +85,7 @@ def run_sdxl_bench(model: str, device: str = "cuda", jobs: int = 6, steps: int =
                        negative_prompt="blurry, low quality", width=size, height=size, steps=steps,
                        guidance_scale=6.0, scheduler="euler", seeds=(i,)) for i in range(jobs)]
 
-    baseline = _time_baseline(factory(model, None, torch_dtype).to(device), work, device)
+    baseline = time_baseline(factory(model, None, torch_dtype).to(device), work, device)
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
 

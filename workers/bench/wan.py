@@ -44,7 +44,7 @@ def random_weights_folder(config_dir: str, into: Path, dtype: torch.dtype = torc
 
 
 
-def _time_baseline(folder, jobs, device, dtype, width, height, steps) -> dict[str, float]:
+def time_baseline(folder, jobs, device, dtype, width, height, steps) -> dict[str, float]:
     """Plain WanPipeline calls with diffusers' defaults; seconds per job (one warm-up call first)."""
     import diffusers
 
@@ -83,7 +83,7 @@ def run_wan_bench(model: str, device: str = "cuda", width: int = 480, height: in
                                  step_cache=True)
                 for name, (media, n) in cases.items()}
 
-        baseline = _time_baseline(folder, jobs, device, dtype, width, height, steps)
+        baseline = time_baseline(folder, jobs, device, dtype, width, height, steps)
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
 

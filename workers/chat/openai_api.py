@@ -30,7 +30,7 @@ from shared.ops.logging import get_logger
 from shared.runtime.worker import Worker
 from workers.chat.callers import BadBody, Caller, CallerGone, json_body
 from workers.chat.service import ChatJob
-from workers.chat.streaming import Generation
+from workers.chat.streaming import StreamedReply
 
 log = get_logger(component="chat-openai")
 
@@ -175,7 +175,7 @@ def add_openai_routes(app: FastAPI, worker: Worker, api_keys) -> None:
             plan = await run_in_threadpool(stages.plan, job)  # tokenizing is CPU work: off the event loop
             requests = stages.requests
             name = plan.input.model
-            generation = Generation(worker, plan, stages.engine.models[name].tokenizer, stops, deadline,
+            generation = StreamedReply(worker, plan, stages.engine.models[name].tokenizer, stops, deadline,
                                     stream=bool(body.stream))
         except JobError as exc:
             caller.close()
@@ -216,11 +216,11 @@ def add_openai_routes(app: FastAPI, worker: Worker, api_keys) -> None:
         })
 
 
-async def _whole_text(generation: Generation) -> str:
+async def _whole_text(generation: StreamedReply) -> str:
     return "".join([piece async for piece in generation.text()])
 
 
-async def _events(generation: Generation, envelope: dict[str, Any], include_usage: bool) -> AsyncIterator[str]:
+async def _events(generation: StreamedReply, envelope: dict[str, Any], include_usage: bool) -> AsyncIterator[str]:
     """Server-sent events: a role chunk, content chunks, a finishing chunk, usage, `[DONE]`."""
 
     def event(payload: dict[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """A request's answer as it is made: tokens from the engine → text pieces for an HTTP stream.
 
 `TextPieces` turns token ids into text incrementally (never splitting a multi-byte character,
-and holding back text that might be the start of a stop sequence); `Generation` follows one
+and holding back text that might be the start of a stop sequence); `StreamedReply` follows one
 request through the worker from the event loop: the engine's tokens arrive by
 `call_soon_threadsafe` (the GPU thread never waits on a client), and a client that leaves or a
 stop sequence that is met cancels the request at the engine's next step.
@@ -81,7 +81,7 @@ class TextPieces:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-class Generation:
+class StreamedReply:
     """One request on the worker, followed from the event loop (see the module doc)."""
 
     def __init__(self, worker: Worker, plan: Plan, tokenizer, stop: list[str] | None, deadline: float,

@@ -25,9 +25,9 @@ SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 def build_qwen_tokenizer():
     from transformers import Qwen2Tokenizer
 
-    from workers.tiny_clip import _byte_characters
+    from workers.tiny_clip import byte_characters
 
-    vocab = {c: i for i, c in enumerate(_byte_characters())}
+    vocab = {c: i for i, c in enumerate(byte_characters())}
     for token in SPECIAL:
         vocab[token] = len(vocab)
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token=None, eos_token="<|im_end|>",

@@ -83,7 +83,7 @@ def cmd_run(args) -> int:
     queues = _queues(args.queues, spec)
     if args.model and spec.check_model is not None:
         spec.check_model(args.model)
-    engine = spec.build(args.model, settings, args)
+    engine = spec.build(args.model, settings, vars(args))
     device = _device(args, settings, spec)
     route_library_logs(load=spec.libraries)
     client = wait_for_redis(settings)
@@ -211,16 +211,13 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_make_tiny_model(args) -> int:
-    import importlib
-
     builders = tiny_model_builders()
     target = builders.get(args.engine)
     if target is None:
         raise UsageError(f"no tiny model for {args.engine!r}; available: {', '.join(builders)} "
                          "(the sim engine needs no model)")
     configure_logging("WARNING")
-    module, function = target.split(":")
-    getattr(importlib.import_module(module), function)(args.dir)
+    target(args.dir)
     print(json.dumps({"engine": args.engine, "dir": args.dir}))
     return 0
 

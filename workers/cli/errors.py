@@ -17,6 +17,7 @@ import redis
 from pydantic import ValidationError
 
 from shared.ops.logging import redact_text
+from workers.config_error import ConfigError
 
 # The environment prefix of each settings class whose fields are read under a prefix.
 _PREFIXES = {"SDXLSettings": "SDXL_", "WANSettings": "WAN_"}
@@ -58,7 +59,7 @@ def run_command(command: Callable[[], int], name: str, redis_url: Callable[[], s
         code = command()
         sys.stdout.flush()
         return code
-    except UsageError as exc:
+    except (UsageError, ConfigError) as exc:
         return _say(name, str(exc), 2)
     except ValidationError as exc:
         return _say(name, settings_problem(exc), 2)

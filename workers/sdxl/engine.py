@@ -144,9 +144,9 @@ class SDXLEngine(Engine):
         self.warmup_report.append({"compile_stopped_after_s": round(seconds, 1)})
 
     def batch_key(self, item: Generation) -> Hashable | None:
-        denoise = item.denoise_strength if item.pipeline == "img2img" else None
+        denoise = item.denoise_strength if item.mode == "img2img" else None
         cached = item.step_cache if self.config.cache != "none" else None  # cached and uncached never share a call
-        return (item.pipeline, item.width, item.height, item.steps, item.guidance_scale, item.scheduler, denoise,
+        return (item.mode, item.width, item.height, item.steps, item.guidance_scale, item.scheduler, denoise,
                 cached)
 
     # -------------------------------------------------------------------------- the GPU
@@ -194,7 +194,7 @@ class SDXLEngine(Engine):
             with compiles_logged(self.compiled, "sdxl", width=item.width, height=item.height,
                                  images=len(images), guidance=item.guidance_scale):
                 pictures = self._call_pipeline(
-                    images, item.pipeline, item.width, item.height, item.steps, item.guidance_scale,
+                    images, item.mode, item.width, item.height, item.steps, item.guidance_scale,
                     item.scheduler, item.denoise_strength, ctx, cancelled,
                 )
             yield from zip(images, pictures, strict=True)
@@ -212,9 +212,9 @@ class SDXLEngine(Engine):
             yield from self._generate(images[:half], ctx, cancelled)
             yield from self._generate(images[half:], ctx, cancelled)
 
-    def _call_pipeline(self, images, pipeline, width, height, steps, guidance, scheduler, denoise, ctx=None,
+    def _call_pipeline(self, images, mode, width, height, steps, guidance, scheduler, denoise, ctx=None,
                        cancelled=None):
-        pipe = self.img2img if pipeline == "img2img" else self.pipe
+        pipe = self.img2img if mode == "img2img" else self.pipe
         pipe.scheduler = make_scheduler(scheduler, self._base_scheduler_config)
         if max(width, height) > self.config.vae_tiling_above:
             pipe.vae.enable_tiling()
@@ -234,9 +234,9 @@ class SDXLEngine(Engine):
             generator=[torch.Generator("cpu").manual_seed(im.seed) for im in images],
         )
         if ctx is not None:
-            hook = _StepHook(ctx, [im.item for im in images], steps, denoise, pipeline, cancelled)
+            hook = _StepHook(ctx, [im.item for im in images], steps, denoise, mode, cancelled)
             kwargs["callback_on_step_end"] = hook
-        if pipeline == "img2img":
+        if mode == "img2img":
             kwargs.update(image=[im.reference for im in images], strength=denoise)
         else:
             kwargs.update(width=width, height=height)
@@ -253,11 +253,11 @@ class _StepHook:
     timeout or shutdown stops the whole call.
     """
 
-    def __init__(self, ctx: RunContext, items: list[Generation], steps: int, denoise: float | None, pipeline: str,
+    def __init__(self, ctx: RunContext, items: list[Generation], steps: int, denoise: float | None, mode: str,
                  cancelled: set[str]):
         self.ctx = ctx
         self.items = list({i.id: i for i in items}.values())
-        self.total = int(steps * denoise) if pipeline == "img2img" and denoise else steps
+        self.total = int(steps * denoise) if mode == "img2img" and denoise else steps
         self.cancelled = cancelled
 
     def __call__(self, pipe, step, timestep, callback_kwargs):

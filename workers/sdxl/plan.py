@@ -24,7 +24,7 @@ def plan_sdxl(job: Job, tools: PlanTools, config: SDXLSettings | None = None) ->
         raise JobError("invalid_parameter", f"SDXL needs sizes in multiples of 8, got {job.width}x{job.height}",
                        job_id=job.id)
     refs = job.references
-    if job.pipeline != "img2img" or not refs.image_url:
+    if job.mode != "img2img" or not refs.image_url:
         return Plan(job=job, input=generation_of(job, scheduler=scheduler))
 
     reference = require_fetcher(tools, job)(refs.image_url)
