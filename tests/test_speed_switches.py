@@ -1,5 +1,5 @@
 """Every GPU speed switch, run on the CPU with the tiny models: exact-math switches give the same
-output within float tolerance; approximating ones stay within the bound the README states.
+output within float tolerance; approximating ones stay within the bound docs/benchmarks.md states.
 
 (torch.compile runs with the `eager` backend here: the same graph capture and module wiring,
 without generating kernels, so the suite stays fast; the kernels themselves need a GPU to matter.)
@@ -22,7 +22,7 @@ from workers.wan.engine import WANEngine
 from workers.wan.speed import BatchedGuidance, compiles, uses_cache, warmup_shapes
 from workers.wan.tiny import make_tiny_wan
 
-# Bounds stated in the README's table of switches: mean absolute pixel difference from the exact
+# Bounds stated in docs/benchmarks.md's table of switches: mean absolute pixel difference from the exact
 # output, pixels in [0, 1], on these tiny random-weight models (real weights are better behaved).
 SDXL_VAE_BF16_BOUND = 0.005  # measured 0.0014
 WAN_VAE_BF16_BOUND = 0.03  # measured 0.006 to 0.016 (a deeper, causal 3D VAE)

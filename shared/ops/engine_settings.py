@@ -21,7 +21,7 @@ class SDXLSettings(BaseSettings):
     max_batch_images: int = Field(default=6, ge=1, le=32, description="images per pipeline call across jobs")
     channels_last: bool = Field(default=True, description="channels-last memory format for UNet and VAE")
     fuse_qkv: bool = Field(default=True, description="fused QKV attention projections")
-    # GPU speed switches (workers/sdxl/speed.py). On by default only what an H200 measured faster: see README.
+    # GPU speed switches (workers/sdxl/speed.py). On by default only what an H200 measured faster: see docs/benchmarks.md.
     compile: bool = Field(default=False, description="torch.compile the UNet (warmed up before ready)")
     # `default`, as WAN's: max-autotune times Triton kernels for every matmul shape, and on the H200
     # that compile did not finish in 200 s. Speed of either mode on SDXL: not measured.
@@ -66,7 +66,7 @@ class WANSettings(BaseSettings):
     cache: Literal["none", "first_block"] = Field(default="none", description="step caching (approximate)")
     cache_threshold: float = Field(default=0.05, gt=0)
     cache_presets: str = Field(default="fast", description="qualities or job types the step cache applies to")
-    # GPU speed switches (workers/wan/speed.py). On by default only what an H200 measured faster: see README.
+    # GPU speed switches (workers/wan/speed.py). On by default only what an H200 measured faster: see docs/benchmarks.md.
     compile: Literal["auto"] | bool = Field(
         default="auto", description="torch.compile the transformer's repeated blocks; auto: on CUDA")
     compile_mode: str = Field(default="default", description="torch.compile mode")

@@ -5,7 +5,7 @@ non-finite values (`NaN`, `Infinity`, `1e400`), text longer than any real number
 a whole number belongs, and anything outside the field's range. Big integers are compared as
 integers (never through a float, which overflows past 1e308). Callers turn `NumberRefused` into
 their own error (a job's `invalid_parameter`, a request's 400); the ranges themselves live with
-the callers (configs/presets.toml for jobs, workers/chat/service.py for chat), listed in the README.
+the callers (configs/presets.toml for jobs, workers/chat/service.py for chat), listed in docs/configuration.md.
 """
 
 from __future__ import annotations

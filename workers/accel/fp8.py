@@ -8,7 +8,7 @@ Off by default: no GPU has measured either mode yet.
   memory of bf16 and no FP8 arithmetic, so it runs anywhere (the CPU tests use it).
 
 Only linear layers whose both sides are multiples of 16 are converted, since FP8 matmuls accept
-no others; the rest stay as they were. Approximate: README gives the bound.
+no others; the rest stay as they were. Approximate: docs/benchmarks.md gives the bound.
 """
 
 from __future__ import annotations

@@ -39,12 +39,12 @@ def settings_problem(exc: ValidationError) -> str:
     message = error["msg"].removeprefix("Value error, ")
     field = ".".join(str(p) for p in error["loc"])
     if not field:  # a rule across settings: its message names them
-        return f"configuration: {message}{more}; fix it in the environment (see README, Configuration)"
+        return f"configuration: {message}{more}; fix it in the environment (see docs/configuration.md)"
     name = field if field.isupper() else _PREFIXES.get(exc.title, "") + field.upper()
     value = error.get("input")
     shown = "***" if any(s in name for s in _SECRET_NAMES) else repr(value)[:80]
     where = f"{name}={shown}" if isinstance(value, (str, int, float)) else name
-    return f"setting {where}: {message}{more}; fix it in the environment (see README, Configuration)"
+    return f"setting {where}: {message}{more}; fix it in the environment (see docs/configuration.md)"
 
 
 def redis_problem(exc: Exception, url: str) -> str:

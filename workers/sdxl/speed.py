@@ -2,7 +2,7 @@
 
 - `SDXL_COMPILE`: torch.compile the UNet (`SDXL_COMPILE_REGIONAL`: only its repeated transformer
   blocks, which compiles much faster: 4 graphs in 19 s on the H200, ready in 26 s from an empty
-  cache; with graphs 1.40 s an image instead of 1.52; off by default, see README) and with `SDXL_COMPILE_VAE` the VAE decoder, shape-dynamic,
+  cache; with graphs 1.40 s an image instead of 1.52; off by default, see docs/benchmarks.md) and with `SDXL_COMPILE_VAE` the VAE decoder, shape-dynamic,
   then warmed up at every size the presets serve, so no job pays for a compile.
   `SDXL_COMPILE_MODE=reduce-overhead` adds CUDA graphs. Exact math (within float error).
 - `SDXL_CUDA_GRAPHS` (`auto`, the default: on CUDA; an H200 made a 1024² image at batch 1 in
@@ -15,7 +15,7 @@
 - `SDXL_VAE_DTYPE=bf16` (the default on CUDA: 1.95 s an image against 2.51 with diffusers' float32
   upcast, H200, 1024², 30 steps): decode in bfloat16. SDXL's VAE overflows in float16 (NaNs:
   diffusers upcasts it to float32 then); bfloat16 has float32's range, so it decodes without NaNs
-  and without the upcast. Approximate (see README's bound). `model`: diffusers' own behaviour.
+  and without the upcast. Approximate (docs/benchmarks.md gives the bound). `model`: diffusers' own behaviour.
 - `SDXL_FP8=dynamic|weights`: FP8 layers through torchao (workers/accel/fp8.py). Approximate; off.
 """
 

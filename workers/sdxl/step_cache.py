@@ -4,7 +4,7 @@ Between two denoising steps a UNet's deep features change little; its outermost 
 carry the fine detail, change more. So every `interval`-th UNet call runs in full and keeps what
 the deep part hands the outermost up block; the calls between compute only `conv_in`, the first
 down block, the last up block and `conv_out`, and reuse the kept features in place of everything
-deeper. Approximate (README gives the bound the CPU test holds it to); off by default because no
+deeper. Approximate (docs/benchmarks.md gives the bound the CPU test holds it to); off by default because no
 GPU has measured it yet.
 
 diffusers' first-block cache hooks transformer blocks and does not apply to a UNet, hence this.

@@ -15,7 +15,7 @@
   2.04): one-frame images run both guidance passes as one batch, replayed from a CUDA graph
   (workers/accel/cuda_graphs.py): an image's call is ~1,560 tokens, so its step was launch-bound. Exact
   (pixels within 0.0012 of the eager image on the H200).
-- `WAN_VAE_DTYPE=bf16`: decode in bfloat16 instead of float32. Approximate (see README's bound).
+- `WAN_VAE_DTYPE=bf16`: decode in bfloat16 instead of float32. Approximate (docs/benchmarks.md gives the bound).
 - `WAN_CACHE=first_block` for the presets in `WAN_CACHE_PRESETS`: diffusers' first-block cache.
   Approximate.
 - `WAN_FP8=dynamic|weights`: FP8 layers through torchao (workers/accel/fp8.py). Approximate; off.
