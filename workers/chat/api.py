@@ -1,30 +1,29 @@
 """The chat worker's HTTP API, as the backend calls it: /chat, /enhance, /generate, /worker/info
 (and, beside them under the same keys, the OpenAI-compatible /v1 routes: workers/chat/openai_api.py).
 
-Routes on the worker's FastAPI app (beside /health and /metrics). Order of checks: the body size
-(middleware, from Content-Length, before anything is read), then the bearer key (compared in
-constant time), then readiness, then the body, declared as pydantic models. Every failure is a
-JSON error with a 4xx/5xx status and never a secret, a path or the environment.
+Routes on the worker's FastAPI app (beside /health and /metrics). The key, readiness and the body
+are checked by one dependency (workers/chat/gate.py); the bodies are declared here as pydantic
+models. Every failure is a JSON error with a 4xx/5xx status and never a secret, a path or the
+environment.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.engine.errors import JobError
-from shared.ops.engine_settings import ChatSettings
 from shared.ops.logging import get_logger
 from shared.runtime.worker import Worker
-from workers.chat.callers import BadBody, Caller, CallerGone, json_body
+from workers.chat.callers import Caller, CallerGone
+from workers.chat.gate import Admitted, Gate, RequestRefused, Voice, answer_refusals
 from workers.chat.openai_api import add_openai_routes
 from workers.chat.service import ChatJob
 
@@ -78,59 +77,37 @@ def _validation_message(exc: ValidationError) -> str:
     return f"{where}: {error['msg']}"
 
 
-class ApiKeys:
-    """Who may call: `Authorization: Bearer` with CHAT_WORKER_API_KEY or WAN_WORKER_API_KEY."""
+BACKEND = Voice(_error, unauthorized=("missing or invalid bearer token", {}), loading=("model is loading", {}))
 
-    def __init__(self, settings: ChatSettings):
-        self.keys = [k.encode() for k in settings.api_keys()]
-        self.open_enhance = settings.allow_unauthenticated_enhance
-        if not self.keys:
-            log.warning("chat_api_open", reason="neither CHAT_WORKER_API_KEY nor WAN_WORKER_API_KEY is set")
 
-    def allow(self, header: str | None, kind: str) -> bool:
-        if not self.keys:
-            return True  # no key configured: an open worker (logged at start)
-        if kind == "enhance" and self.open_enhance and not header:
-            return True
-        if not header or not header.startswith("Bearer "):
-            return False
-        token = header[len("Bearer "):].strip().encode()
-        # Compare against every key, always, so timing says nothing about which one nearly matched.
-        matches = [hmac.compare_digest(token, key) for key in self.keys]
-        return any(matches)
+def _declared(kind: str) -> Callable[[Any], dict[str, Any]]:
+    """The body as the service reads it (a JSON object), checked against the route's declaration."""
+
+    def read(body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise RequestRefused(_error(400, "body must be a JSON object"))
+        try:
+            BODIES[kind].model_validate(body)
+        except ValidationError as exc:
+            raise RequestRefused(_error(400, _validation_message(exc))) from None
+        return body
+
+    return read
 
 
 def add_chat_routes(app: FastAPI, worker: Worker) -> None:
     stages = worker.stages
-    settings = worker.settings.chat
-    api_keys = ApiKeys(settings)
-    add_openai_routes(app, worker, api_keys)
+    gate = Gate(worker, lambda: stages.requests, worker.settings.chat)
+    answer_refusals(app)
+    add_openai_routes(app, worker, gate)
 
-    async def serve(kind: str, request: Request) -> JSONResponse:
-        deadline = time.monotonic() + settings.request_timeout_seconds
-        if not api_keys.allow(request.headers.get("authorization"), kind):
-            return _error(401, "missing or invalid bearer token")
-        requests = stages.requests
-        if worker.state not in ("ready", "busy") or requests is None:
-            return _error(503, "model is loading")
-        try:
-            body = await json_body(request)
-        except BadBody as exc:
-            return _error(400, str(exc))
-        except CallerGone:
-            return _error(499, "client closed the request")
-        if not isinstance(body, dict):
-            return _error(400, "body must be a JSON object")
-        try:
-            BODIES[kind].model_validate(body)
-        except ValidationError as exc:
-            return _error(400, _validation_message(exc))
-        caller = Caller(request, deadline)
-        job = ChatJob(id=uuid.uuid4().hex, kind=kind, body=body, stop=caller.stopped)
+    async def serve(kind: str, request: Request, admitted: Admitted) -> JSONResponse:
+        caller = Caller(request, admitted.deadline)
+        job = ChatJob(id=uuid.uuid4().hex, kind=kind, body=admitted.body, stop=caller.stopped)
         task = None
         try:
             plan = await run_in_threadpool(stages.plan, job)  # tokenizing is CPU work: off the event loop
-            task = worker.submit(plan, deadline=deadline)
+            task = worker.submit(plan, deadline=admitted.deadline)
             outcome = await caller.wait(asyncio.wrap_future(task.future))
         except JobError as exc:
             return _error(400 if exc.error_type == "bad_request" else 503, exc.message)
@@ -151,19 +128,16 @@ def add_chat_routes(app: FastAPI, worker: Worker) -> None:
                 return _error(504, "generation timed out")
             log.error("chat_request_failed", error_type=outcome.error_type)
             return _error(500, f"internal error ({outcome.error_type})")
-        return JSONResponse({**requests.reply(plan, outcome), "worker_id": worker.worker_id})
+        return JSONResponse({**admitted.requests.reply(plan, outcome), "worker_id": worker.worker_id})
 
-    @app.post("/chat")
-    async def chat(request: Request) -> JSONResponse:
-        return await serve("chat", request)
+    def route(kind: str):
+        async def answer(request: Request, admitted: Admitted = Depends(gate.admits(kind, BACKEND, _declared(kind)))):
+            return await serve(kind, request, admitted)
 
-    @app.post("/enhance")
-    async def enhance(request: Request) -> JSONResponse:
-        return await serve("enhance", request)
+        return answer
 
-    @app.post("/generate")
-    async def generate(request: Request) -> JSONResponse:
-        return await serve("generate", request)
+    for kind in ("chat", "enhance", "generate"):
+        app.post(f"/{kind}")(route(kind))
 
     @app.get("/worker/info")
     def info() -> JSONResponse:

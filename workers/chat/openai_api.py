@@ -18,18 +18,19 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.engine.errors import JobError
 from shared.ops.logging import get_logger
-from shared.runtime.worker import Worker
-from workers.chat.callers import BadBody, Caller, CallerGone, json_body
-from workers.chat.service import ChatJob
+from workers.chat.callers import Caller, CallerGone
+from workers.chat.gate import Admitted, ChatHost, Gate, RequestRefused, Voice
+from workers.chat.service import ChatJob, ChatRequests
 from workers.chat.streaming import StreamedReply
 
 log = get_logger(component="chat-openai")
@@ -118,65 +119,63 @@ def stop_sequences(body: CompletionBody) -> list[str]:
     return stops
 
 
-def add_openai_routes(app: FastAPI, worker: Worker, api_keys) -> None:
+OPENAI = Voice(error, unauthorized=("missing or invalid API key", {"code": "invalid_api_key"}),
+               loading=("the model is loading", {"kind": "service_unavailable"}))
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A completion request as the chat service takes it, with what only this API asks for."""
+
+    declared: CompletionBody
+    mapped: dict[str, Any]  # the body in the service's terms (what /chat takes)
+    stops: list[str]
+
+
+def read_completion(raw: Any) -> Completion:
+    try:
+        body = CompletionBody.model_validate(raw)
+        return Completion(body, service_body(body), stop_sequences(body))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise RequestRefused(error(400, f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}")) \
+            from None
+    except Refused as exc:
+        raise RequestRefused(error(400, str(exc))) from None
+
+
+def add_openai_routes(app: FastAPI, worker: ChatHost, gate: Gate) -> None:
     stages = worker.stages
-    timeout = worker.settings.chat.request_timeout_seconds
     started = int(time.time())
+    ready = Depends(gate.admits("chat", OPENAI))
 
-    def refusal(request: Request) -> JSONResponse | None:
-        if not api_keys.allow(request.headers.get("authorization"), "chat"):
-            return error(401, "missing or invalid API key", code="invalid_api_key")
-        if worker.state not in ("ready", "busy") or stages.requests is None:
-            return error(503, "the model is loading", kind="service_unavailable")
-        return None
-
-    def model_card(name: str) -> dict[str, Any]:
-        return {"id": stages.requests.public_id(name), "object": "model", "created": started, "owned_by": "ourvidz"}
+    def model_card(requests: ChatRequests, name: str) -> dict[str, Any]:
+        return {"id": requests.public_id(name), "object": "model", "created": started, "owned_by": "ourvidz"}
 
     @app.get("/v1/models")
-    async def models(request: Request) -> JSONResponse:
-        refused = refusal(request)
-        if refused is not None:
-            return refused
-        return JSONResponse({"object": "list", "data": [model_card(n) for n in sorted(stages.engine.models)]})
+    async def models(admitted: Admitted = ready) -> JSONResponse:
+        requests = admitted.requests
+        return JSONResponse({"object": "list", "data": [model_card(requests, n) for n in requests.model_names()]})
 
     @app.get("/v1/models/{model_id:path}")
-    async def model(model_id: str, request: Request) -> JSONResponse:
-        refused = refusal(request)
-        if refused is not None:
-            return refused
-        cards = [model_card(n) for n in sorted(stages.engine.models)]
+    async def model(model_id: str, admitted: Admitted = ready) -> JSONResponse:
+        cards = [model_card(admitted.requests, n) for n in admitted.requests.model_names()]
         card = next((c for c in cards if c["id"] == model_id), None)
         return JSONResponse(card) if card else error(404, f"model {model_id!r} is not served here",
                                                      code="model_not_found")
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        deadline = time.monotonic() + timeout
-        refused = refusal(request)
-        if refused is not None:
-            return refused
-        try:
-            raw = await json_body(request)
-            body = CompletionBody.model_validate(raw)
-            mapped, stops = service_body(body), stop_sequences(body)
-        except BadBody as exc:
-            return error(400, str(exc))
-        except CallerGone:
-            return error(499, "client closed the request")
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            return error(400, f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}")
-        except Refused as exc:
-            return error(400, str(exc))
+    async def chat_completions(request: Request,
+                               admitted: Admitted = Depends(gate.admits("chat", OPENAI, read_completion))):
+        deadline, requests = admitted.deadline, admitted.requests
+        body, stops = admitted.body.declared, admitted.body.stops
         caller = Caller(request, deadline)
-        job = ChatJob(id=f"chatcmpl-{uuid.uuid4().hex}", kind="chat", body=mapped, stop=caller.stopped)
+        job = ChatJob(id=f"chatcmpl-{uuid.uuid4().hex}", kind="chat", body=admitted.body.mapped, stop=caller.stopped)
         try:
             plan = await run_in_threadpool(stages.plan, job)  # tokenizing is CPU work: off the event loop
-            requests = stages.requests
             name = plan.input.model
-            generation = StreamedReply(worker, plan, stages.engine.models[name].tokenizer, stops, deadline,
-                                    stream=bool(body.stream))
+            generation = StreamedReply(worker, plan, requests.tokenizer(name), stops, deadline,
+                                       stream=bool(body.stream))
         except JobError as exc:
             caller.close()
             return error(400 if exc.error_type == "bad_request" else 503, exc.message)

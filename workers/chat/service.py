@@ -76,8 +76,16 @@ class ChatRequests:
         if job.kind not in KINDS:
             raise BadRequest(f"chat_queue job type must be chat or enhance, got {str(job.kind)[:40]!r}")
         started = time.perf_counter()
-        input_, facts = getattr(self, f"_{job.kind}")(job.id, job.body, job.stop)
+        decode = {"chat": self._chat, "enhance": self._enhance, "generate": self._generate}[job.kind]
+        input_, facts = decode(job.id, job.body, job.stop)
         return Plan(job=job, input=input_, facts={**facts, "kind": job.kind, "started": started})
+
+    def model_names(self) -> list[str]:
+        """The models this worker serves, by their served names."""
+        return sorted(self.engine.models)
+
+    def tokenizer(self, name: str) -> Any:
+        return self.engine.models[name].tokenizer
 
     def reply(self, plan: Plan, completion: Completion) -> dict[str, Any]:
         facts = plan.facts
