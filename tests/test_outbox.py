@@ -13,7 +13,7 @@ def test_undeliverable_callback_waits_in_the_outbox_until_the_backend_is_back(ma
     sender = CallbackSender(make_settings(), redis_client)
     body = build_callback("v2", "job-1", "completed")
     backend.callback.down = True
-    assert sender.deliver(body) == "undelivered"
+    assert sender.send_terminal(body) == "undelivered"
     sender.add_to_outbox(body)
     assert sender.flush_outbox() == 0  # still down: rescheduled, not lost
     assert redis_client.zcard(keys.OUTBOX) == 1
@@ -38,9 +38,9 @@ def test_an_entry_claimed_by_a_sender_that_died_is_sent_again_later(make_setting
 
 def test_signed_callbacks_are_accepted_and_a_wrong_secret_is_recorded_as_rejected(make_settings, redis_client, backend):
     good = CallbackSender(make_settings(), redis_client)
-    assert good.deliver(build_callback("v2", "job-3", "completed")) == "delivered"
+    assert good.send_terminal(build_callback("v2", "job-3", "completed")) == "delivered"
     bad = CallbackSender(make_settings(job_callback_secret="not-the-secret"), redis_client)
-    assert bad.deliver(build_callback("v2", "job-4", "completed")) == "rejected"
+    assert bad.send_terminal(build_callback("v2", "job-4", "completed")) == "rejected"
     rejected = json.loads(redis_client.lindex(keys.CALLBACK_REJECTED, 0))
     assert "401" in rejected["reason"] and "not-the-secret" not in json.dumps(rejected)
 
@@ -57,7 +57,7 @@ def test_when_the_endpoint_answers_again_the_outbox_is_due_at_once(make_settings
     sender = CallbackSender(make_settings(retry_base_seconds=100.0, callback_retries=1), redis_client)
     backend.callback.down = True
     parked = build_callback("v2", "job-6", "completed")
-    assert sender.deliver(parked) == "undelivered"
+    assert sender.send_terminal(parked) == "undelivered"
     sender.add_to_outbox(parked)
     assert sender.flush_outbox() == 0  # failed again: next try 50 to 100 s from now
     assert redis_client.zrangebyscore(keys.OUTBOX, "-inf", "+inf", withscores=True)[0][1] > time.time() + 40

@@ -8,13 +8,12 @@ so a slow backend never holds up serving.
 from __future__ import annotations
 
 import os
-import random
 import threading
-import time
 
 import httpx
 
 from shared.ops.logging import get_logger
+from shared.ops.retry import TransientError, backoff_delays, retrying
 from shared.ops.settings import Settings
 
 log = get_logger(component="announce")
@@ -33,18 +32,29 @@ def announce(settings: Settings, function: str, port: int, attempts: int = 8, ba
     if settings.supabase_service_key:
         headers["Authorization"] = f"Bearer {settings.supabase_service_key.get_secret_value()}"
     endpoint = f"{settings.supabase_url}/functions/v1/{function}"
-    for attempt in range(attempts):
-        try:
-            response = httpx.post(endpoint, json={"worker_url": url, "auto_registered": True}, headers=headers,
-                                  timeout=15.0)
-            if response.status_code < 300:
-                log.info("worker_url_announced", function=function, worker_url=url)
-                return True
-            log.warning("announce_refused", function=function, status=response.status_code)
-        except httpx.HTTPError as exc:
+
+    def post() -> None:
+        response = httpx.post(endpoint, json={"worker_url": url, "auto_registered": True}, headers=headers,
+                              timeout=15.0)
+        if response.status_code >= 300:  # the backend may not be deployed yet: asked again later
+            refused = TransientError(f"{function} answered {response.status_code}")
+            refused.status = response.status_code
+            raise refused
+
+    def logged(exc: BaseException, _delay: float) -> None:
+        if isinstance(exc, TransientError):
+            log.warning("announce_refused", function=function, status=getattr(exc, "status", None))
+        else:
             log.warning("announce_failed", function=function, error=type(exc).__name__)
-        time.sleep(random.uniform(0, base_delay * 2**attempt))
-    return False
+
+    try:
+        retrying(post, (TransientError, httpx.HTTPError),
+                 backoff_delays(attempts, base_delay, cap=base_delay * 2**attempts), on_retry=logged)
+    except (TransientError, httpx.HTTPError) as exc:
+        logged(exc, 0.0)
+        return False
+    log.info("worker_url_announced", function=function, worker_url=url)
+    return True
 
 
 def announce_in_background(settings: Settings, function: str, port: int) -> threading.Thread | None:

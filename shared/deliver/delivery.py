@@ -79,7 +79,7 @@ class Delivery:
         if release is not None and settle is None:
             return None  # reclaimed by another worker while this one was presumed dead: it reports
         begun = time.monotonic()
-        delivery = self.sender.deliver(body)
+        delivery = self.sender.send_terminal(body)
         self._observe("callback", time.monotonic() - begun)
         if settle is not None:
             settle(delivery)

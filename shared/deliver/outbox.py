@@ -107,7 +107,7 @@ class CallbackSender:
         self._endpoint_back()
         return True
 
-    def deliver(self, body: dict[str, Any]) -> str:
+    def send_terminal(self, body: dict[str, Any]) -> str:
         """Try a terminal callback a few times. Returns 'delivered', 'rejected' or 'undelivered'.
 
         'undelivered' means the caller must hand the body to the outbox (see `outbox_entry`)

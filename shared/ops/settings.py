@@ -188,6 +188,3 @@ class Settings(BaseSettings):
             values.append(password)
         return [v for v in values if len(v) >= 4]
 
-
-def load_settings(**overrides) -> Settings:
-    return Settings(**overrides)
