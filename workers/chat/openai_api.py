@@ -124,7 +124,7 @@ OPENAI = Voice(error, unauthorized=("missing or invalid API key", {"code": "inva
 
 
 @dataclass(frozen=True)
-class Completion:
+class CompletionRequest:
     """A completion request as the chat service takes it, with what only this API asks for."""
 
     declared: CompletionBody
@@ -132,10 +132,10 @@ class Completion:
     stops: list[str]
 
 
-def read_completion(raw: Any) -> Completion:
+def read_completion(raw: Any) -> CompletionRequest:
     try:
         body = CompletionBody.model_validate(raw)
-        return Completion(body, service_body(body), stop_sequences(body))
+        return CompletionRequest(body, service_body(body), stop_sequences(body))
     except ValidationError as exc:
         first = exc.errors()[0]
         raise RequestRefused(error(400, f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}")) \
