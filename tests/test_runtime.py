@@ -344,14 +344,14 @@ def test_a_worker_that_stalls_past_its_lease_while_calling_back_reports_once(mak
     with running_worker(make_settings(lease_seconds=0.6, worker_id="reaper"), queues=("elsewhere",)):
         with running_worker(stalled) as worker:
             sender = worker.stages.delivery.sender
-            real_deliver = sender.deliver
+            real_send = sender.send_terminal
 
-            def stalled_deliver(body):  # the process starves while it calls back: presumed dead
+            def stalled_send(body):  # the process starves while it calls back: presumed dead
                 worker.queue.heartbeat = lambda: None
                 time.sleep(2.0)  # longer than the whole lease
-                return real_deliver(body)
+                return real_send(body)
 
-            sender.deliver = stalled_deliver
+            sender.send_terminal = stalled_send
             job = submit(redis_client, "v1")
             wait_until(lambda: worker.counts["completed"] == 1, 15)
             assert redis_client.zscore(keys.LEASES, "stalled") is None  # it was reaped meanwhile

@@ -99,7 +99,7 @@ def test_sdxl_vae_in_bfloat16_also_encodes_image_to_image_references(sdxl_model)
 
     reference = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     job = Generation(id="i", media="image", prompt="a red fox", negative_prompt="", width=64, height=64, steps=4,
-                     guidance_scale=5.0, scheduler="euler", seeds=(2,), pipeline="img2img", denoise_strength=0.5,
+                     guidance_scale=5.0, scheduler="euler", seeds=(2,), mode="img2img", denoise_strength=0.5,
                      reference=reference)
     pictures = {}
     for vae in ("model", "bf16"):

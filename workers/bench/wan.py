@@ -79,7 +79,7 @@ def run_wan_bench(model: str, device: str = "cuda", width: int = 480, height: in
         negative = "blurry, low quality, static, distorted"
         jobs = {name: Generation(id=f"bench-{name}", media=media, prompt="waves rolling onto a beach at dusk",
                                  negative_prompt=negative, width=width, height=height, steps=steps, guidance_scale=6.5,
-                                 scheduler="unipc", seeds=(1,), frames=n, fps=16, shift=5.0, pipeline="video",
+                                 scheduler="unipc", seeds=(1,), frames=n, fps=16, shift=5.0, mode="video",
                                  step_cache=True)
                 for name, (media, n) in cases.items()}
 
