@@ -2,7 +2,8 @@
 
 Every field the backend writes, so the tests see what production sees: v1 LPUSHes the payload's
 JSON text; v2 RPUSHes the JSON text of a one-element array that holds the payload's JSON text.
-(`ourvidz-worker submit` has its own, smaller producer: workers/cli/submit.py.)
+The wrapping and the push go through the fleet's one producer (shared/source/producer.py), which
+`ourvidz-worker submit` also uses with its own, smaller payload.
 """
 
 from __future__ import annotations
