@@ -94,7 +94,7 @@ def test_auth_accepts_both_keys_and_refuses_the_rest(api):
     assert post(api, "/chat", good, key=CHAT_KEY).status_code == 200
     assert post(api, "/chat", good, key=WAN_KEY).status_code == 200
     assert post(api, "/chat", good, key="wrong").status_code == 401
-    assert post(api, "/chat", good, key=None).status_code == 401
+    assert post(api, "/chat", good, key=None).status_code == 401  # CHAT_ALLOW_UNAUTHENTICATED_CHAT is off by default
     assert post(api, "/generate", {"prompt": "x"}, key=None).status_code == 401
     assert post(api, "/enhance", {"prompt": "a cat", "max_tokens": 2}, key=None).status_code == 200  # allowed by default
     assert post(api, "/enhance", {"prompt": "a cat", "max_tokens": 2}, key="wrong").status_code == 401
@@ -107,6 +107,34 @@ def test_unauthenticated_enhance_can_be_switched_off(tiny_chat):
         assert post(strict, "/enhance", {"prompt": "a cat", "max_tokens": 2}, key=WAN_KEY).status_code == 200
     finally:
         strict.stop()
+
+
+def test_chat_health_answers_as_health_does_for_the_2025_08_playground_chat(api):
+    """The 2025-08 playground-chat probes GET /chat/health (with the WAN key) before it sends /chat."""
+    url = f"http://127.0.0.1:{api.port}"
+    probe = httpx.get(f"{url}/chat/health", headers={"Authorization": f"Bearer {WAN_KEY}"}, timeout=10)
+    health = httpx.get(f"{url}/health", timeout=10)
+    assert probe.status_code == health.status_code == 200
+    assert probe.json()["status"] == health.json()["status"] == "ready" and probe.json()["healthy"] is True
+    assert httpx.get(f"{url}/chat/health", timeout=10).status_code == 200  # a probe needs no key, as /health
+
+
+def test_keyless_chat_is_refused_unless_its_allowance_is_on(tiny_chat):
+    """The 2026-04 scene-narrative posts /chat with no Authorization header: refused by default;
+    CHAT_ALLOW_UNAUTHENTICATED_CHAT opens /chat alone, and only to callers that send no key."""
+    scene = {"messages": [{"role": "system", "content": "SCENE CONTEXT: a harbour at dusk"},
+                          {"role": "user", "content": "Generate the scene narrative now."}],
+             "max_tokens": 4, "temperature": 0.8, "top_p": 0.9, "frequency_penalty": 0.1, "presence_penalty": 0.1}
+    opened = start_api(tiny_chat, allow_unauthenticated_chat=True)
+    try:
+        answer = post(opened, "/chat", scene, key=None)
+        assert answer.status_code == 200 and isinstance(answer.json()["response"], str)
+        assert post(opened, "/chat", scene, key="wrong").status_code == 401  # a wrong key is never let through
+        assert post(opened, "/generate", {"prompt": "x"}, key=None).status_code == 401
+        v1 = httpx.post(f"http://127.0.0.1:{opened.port}/v1/chat/completions", json=scene, timeout=30)
+        assert v1.status_code == 401
+    finally:
+        opened.stop()
 
 
 def test_bad_requests_get_clear_4xx_and_never_crash_the_server(api):

@@ -104,7 +104,7 @@ class Worker:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         if self.health_port is not None:
-            app = worker_app(self._health, self.metrics.render, self.max_body_bytes)
+            app = worker_app(self.health, self.metrics.render, self.max_body_bytes)
             if self.add_routes is not None:
                 self.add_routes(app, self)
             limits = ConnectionLimits(self.settings.http_header_timeout_seconds,
@@ -351,7 +351,8 @@ class Worker:
         ages = {q: element_age(raw) for q, raw in view.pop("next_in_line").items()}
         return {**view, "oldest_age": {q: age for q, age in ages.items() if age is not None}}
 
-    def _health(self) -> tuple[int, dict[str, Any]]:
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """What /health answers: 200 only while ready or busy."""
         healthy = self.state in ("ready", "busy")
         return (200 if healthy else 503), {"status": self.state, "healthy": healthy, "worker_id": self.worker_id,
                                            "engine": self.engine.name, "worker": self.engine.name,

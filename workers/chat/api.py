@@ -131,13 +131,18 @@ def add_chat_routes(app: FastAPI, worker: Worker) -> None:
         return JSONResponse({**admitted.requests.reply(plan, outcome), "worker_id": worker.worker_id})
 
     def route(kind: str):
-        async def answer(request: Request, admitted: Admitted = Depends(gate.admits(kind, BACKEND, _declared(kind)))):
+        async def answer(request: Request, admitted: Admitted = Depends(gate.admits(BACKEND, _declared(kind)))):
             return await serve(kind, request, admitted)
 
         return answer
 
     for kind in ("chat", "enhance", "generate"):
         app.post(f"/{kind}")(route(kind))
+
+    @app.get("/chat/health")
+    async def chat_health() -> JSONResponse:  # the 2025-08 backend probes this before it sends /chat
+        status, body = worker.health()
+        return JSONResponse(body, status_code=status)
 
     @app.get("/worker/info")
     def info() -> JSONResponse:

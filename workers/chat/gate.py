@@ -56,14 +56,18 @@ class ApiKeys:
 
     def __init__(self, settings: ChatSettings):
         self.keys = [k.encode() for k in settings.api_keys()]
-        self.open_enhance = settings.allow_unauthenticated_enhance
+        # Routes a backend caller reaches without a key, by the settings that name them.
+        self.open_routes = {route for route, allowed in (("/enhance", settings.allow_unauthenticated_enhance),
+                                                         ("/chat", settings.allow_unauthenticated_chat)) if allowed}
         if not self.keys:
             log.warning("chat_api_open", reason="neither CHAT_WORKER_API_KEY nor WAN_WORKER_API_KEY is set")
 
-    def allow(self, header: str | None, kind: str) -> bool:
+    def allow(self, header: str | None, route: str) -> bool:
+        """A request to `route` with this Authorization header: a known key, or no header at all
+        on a route an allowance opens. A wrong key is refused everywhere."""
         if not self.keys:
             return True  # no key configured: an open worker (logged at start)
-        if kind == "enhance" and self.open_enhance and not header:
+        if route in self.open_routes and not header:
             return True
         if not header or not header.startswith("Bearer "):
             return False
@@ -98,14 +102,14 @@ class Gate:
         self.keys = ApiKeys(settings)
         self.timeout = settings.request_timeout_seconds
 
-    def admits(self, kind: str, voice: Voice,
+    def admits(self, voice: Voice,
                read: Callable[[Any], Any] | None = None) -> Callable[[Request], Awaitable[Admitted]]:
-        """The dependency of a route: `kind` decides the key rule; `read` turns the JSON body into
-        what the route takes (raising RequestRefused), or the route has no body when None."""
+        """The dependency of a route: `read` turns the JSON body into what the route takes (raising
+        RequestRefused), or the route has no body when None."""
 
         async def admitted(request: Request) -> Admitted:
             deadline = time.monotonic() + self.timeout
-            if not self.keys.allow(request.headers.get("authorization"), kind):
+            if not self.keys.allow(request.headers.get("authorization"), request.url.path):
                 message, shape = voice.unauthorized
                 raise RequestRefused(voice.error(401, message, **shape))
             requests = self.requests()

@@ -147,7 +147,7 @@ def read_completion(raw: Any) -> CompletionRequest:
 def add_openai_routes(app: FastAPI, worker: ChatHost, gate: Gate) -> None:
     stages = worker.stages
     started = int(time.time())
-    ready = Depends(gate.admits("chat", OPENAI))
+    ready = Depends(gate.admits(OPENAI))
 
     def model_card(requests: ChatRequests, name: str) -> dict[str, Any]:
         return {"id": requests.public_id(name), "object": "model", "created": started, "owned_by": "ourvidz"}
@@ -166,7 +166,7 @@ def add_openai_routes(app: FastAPI, worker: ChatHost, gate: Gate) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request,
-                               admitted: Admitted = Depends(gate.admits("chat", OPENAI, read_completion))):
+                               admitted: Admitted = Depends(gate.admits(OPENAI, read_completion))):
         deadline, requests = admitted.deadline, admitted.requests
         body, stops = admitted.body.declared, admitted.body.stops
         caller = Caller(request, deadline)
