@@ -55,10 +55,17 @@ def mistakes(tiny_models):
         (["dlq", "requeue", "no-such-id"], {}, 1, "no dead-lettered job no-such-id"),
         (["make-tiny-model", "bogus", "/tmp/x"], {}, 2, "available: sdxl, wan, wan-vace, chat"),
         (["bench", "sdxl"], {}, 2, "needs --model"),
+        (["bench", "sdxl", "--model", sdxl], {"DEVICE": "cuda"}, 2, "no CUDA GPU is visible here: use --device cpu"),
         (["bench", "all", "--variants", "worker,compiled"], {}, 2, "unknown variant compiled (known: worker"),
         (["bench", "chat", "--model", "/no/such/model"], {}, 2, "no such file or folder"),
         (["run", "nonsense"], {}, 2, "invalid choice"),
         (["submit"], {}, 2, "required"),
+        # a mistake points at the help of the subcommand it was made in
+        (["submit", "sdxl_image_fast", "a fox", "--images", "3"], {}, 2,
+         "ourvidz-worker submit: unrecognized arguments: --images 3 (see ourvidz-worker submit --help)"),
+        (["bench", "fleet", "--nope"], {}, 2, "(see ourvidz-worker bench fleet --help)"),
+        (["dlq", "drop"], {}, 2, "dlq drop needs one or more JOB_IDs"),
+        (["dlq", "purge"], {}, 2, "--yes answers it"),
     ]
 
 

@@ -1,3 +1,6 @@
+import os
+import stat
+
 import pytest
 
 from shared.decode.presets import load_presets
@@ -6,6 +9,17 @@ from shared.engine.errors import JobError
 from shared.ops.settings import DEFAULT_PRESETS
 
 POLICY = BucketPolicy(load_presets(str(DEFAULT_PRESETS)))
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_file_storage_writes_outputs_readable_as_the_umask_allows(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        store = FileStorage(tmp_path)
+    finally:
+        os.umask(previous)
+    store.put("sdxl_image_fast", "u/j/0.png", b"png", "image/png")
+    assert stat.S_IMODE((tmp_path / "sdxl_image_fast" / "u/j/0.png").stat().st_mode) == mode
 
 
 def test_file_storage_uses_the_bucket_layout_and_overwrites(tmp_path):

@@ -60,11 +60,27 @@ def _safe_key(bucket: str, key: str) -> None:
             raise JobError("invalid_parameter", f"unsafe storage path {bucket}/{key}")
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask sets it, racing other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    current = os.umask(0o022)  # no /proc: read it by setting it back at once
+    os.umask(current)
+    return current
+
+
 class FileStorage:
     """The embedded default: `DIR/{bucket}/{key}`, the same layout the cloud buckets use."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        # mkstemp makes 0600 files; outputs are for a web server or another user to read, as the
+        # umask allows (0644 under the usual 022), like any file the process creates.
+        self.file_mode = 0o666 & ~_umask()
 
     def put(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
         _safe_key(bucket, key)
@@ -73,6 +89,7 @@ class FileStorage:
         # Write then rename: a reader (or a crash) never sees half a file.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
+            os.fchmod(fd, self.file_mode)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)

@@ -37,12 +37,14 @@ def remove_queued(client: redis.Redis, queue: str, job_id: str) -> str | None:
     return None
 
 
-def find_in_flight(client: redis.Redis, job_id: str) -> str | None:
-    """The worker holding this job (claimed, running or being delivered), from the registry; None if none."""
+def find_in_flight(client: redis.Redis, job_id: str) -> tuple[str, bool] | None:
+    """The worker holding this job (claimed, running or being delivered), from the registry, and
+    whether the job is on its engine now; None if no worker holds it."""
     for worker, queues in client.hgetall(keys.WORKER_QUEUES).items():
         for queue in json.loads(queues or "[]"):
-            if any(job_id_of(raw) == job_id for raw in client.lrange(keys.processing(worker, queue), 0, -1)):
-                return worker
+            for raw in client.lrange(keys.processing(worker, queue), 0, -1):
+                if job_id_of(raw) == job_id:
+                    return worker, bool(client.sismember(keys.running(worker), element_key(raw)))
     return None
 
 
@@ -63,6 +65,21 @@ def element_age(raw: str | None, now: float | None = None) -> float | None:
 
 def dead_letters(client: redis.Redis, start: int = 0, end: int = -1) -> list[dict[str, Any]]:
     return [json.loads(r) for r in client.lrange(keys.DEAD_LETTER, start, end)]
+
+
+def drop_dead_letters(client: redis.Redis, job_ids: list[str] | None = None) -> int:
+    """Remove dead-lettered jobs for good (these ids, or all of them when None); their attempt
+    counts go with them. Returns how many were removed."""
+    dropped = 0
+    for record_text in client.lrange(keys.DEAD_LETTER, 0, -1):
+        record = json.loads(record_text)
+        if job_ids is not None and record.get("job_id") not in job_ids:
+            continue
+        pipe = client.pipeline(transaction=True)
+        pipe.lrem(keys.DEAD_LETTER, 1, record_text)
+        pipe.hdel(keys.ATTEMPTS, element_key(record["raw"]))
+        dropped += int(bool(pipe.execute()[0]))
+    return dropped
 
 
 def requeue_dead_letter(client: redis.Redis, era: Era, job_id: str | None = None) -> int:

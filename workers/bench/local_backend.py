@@ -180,7 +180,9 @@ class LocalBackend:
                     return
                 if self.path == "/storage/v1/bucket":
                     return self._reply(200, [{"name": b} for b in sorted({b for b, _ in backend.objects})])
-                self._reply(404, {"error": "not found"})
+                if path == "/functions/v1/job-callback":  # deployed: the real function refuses a GET so
+                    return self._reply(405, {"error": "Method not allowed"})
+                self._reply(404, {"error": "not found"})  # a function that is not deployed, as Supabase says
 
             def log_message(self, *args):
                 pass

@@ -27,17 +27,18 @@ def _model(parser: argparse.ArgumentParser, what: str, config: str) -> None:
     parser.add_argument("--model", help=f"{what}, or with --random-weights a config folder ({config})")
     parser.add_argument("--random-weights", action="store_true",
                         help="build the architecture at --model with random weights: real size, nothing to download")
-    parser.add_argument("--device", default="cuda", help="torch device (default cuda; cpu for a quick look)")
+    parser.add_argument("--device", help="torch device (default: DEVICE, else cuda; cpu for a quick look)")
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bf16 on CUDA, fp32 on CPU")
 
 
 def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     which = bench.add_subparsers(dest="what", required=True, metavar="{all,fleet,sdxl,wan,chat,cold-start}")
+    bench.commands = which.choices  # each benchmark's parser, by name
 
     every = which.add_parser("all", help="every benchmark on this machine, one report (report.json, report.md)",
                              description="SDXL, WAN, chat and fleet, each against its baseline in the same run; "
                                          "ms per denoising step and model FLOPs utilisation against a measured peak.")
-    every.add_argument("--device", default="cuda", help="cuda or cpu (default cuda)")
+    every.add_argument("--device", help="cuda or cpu (default: DEVICE, else cuda)")
     every.add_argument("--tiny", action="store_true",
                        help="the tiny models (minutes on a CPU); default: full-size random weights")
     every.add_argument("--out", default="bench-report", help="folder for report.json and report.md")
@@ -52,7 +53,7 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
                             description="Starts the engine with its compile on twice, each in a fresh process: "
                                         "with an empty COMPILE_CACHE_DIR, then with what the first start left.")
     cold.add_argument("--engine", default="wan", choices=["wan", "sdxl"], help="which engine (default wan)")
-    cold.add_argument("--device", default="cuda", help="cuda or cpu (default cuda)")
+    cold.add_argument("--device", help="cuda or cpu (default: DEVICE, else cuda)")
     cold.add_argument("--tiny", action="store_true", help="the tiny model; default: full-size random weights")
     cold.add_argument("--model-configs", metavar="DIR",
                       help="the full-size architectures (default ../shared/model-configs beside the checkout)")

@@ -7,6 +7,7 @@ wrong and what to do; workers/cli/errors.py prints it. Redis being away is said 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -138,8 +139,9 @@ def cmd_submit(args) -> int:
                 raise CommandFailed(f"job {payload['id']} {result['status']}: {result.get('error_message')}")
             return 0
         time.sleep(0.2)
-    raise CommandFailed(f"no result after {args.timeout:g} s: is a worker running for {queue}? "
-                        "(`ourvidz-worker queue` shows the workers)")
+    raise CommandFailed(f"no result after {args.timeout:g} s; job {payload['id']} stays queued on {queue} and "
+                        "will still run when a worker takes it (is one running? `ourvidz-worker queue` shows "
+                        f"the workers; `ourvidz-worker cancel {payload['id']}` withdraws it)")
 
 
 def cmd_queue(args) -> int:
@@ -151,7 +153,7 @@ def cmd_queue(args) -> int:
 
 
 def cmd_dlq(args) -> int:
-    from shared.source.admin import dead_letters, requeue_dead_letter
+    from shared.source.admin import dead_letters, drop_dead_letters, requeue_dead_letter
 
     settings = load_settings(args)
     client = redis_client(settings)
@@ -163,13 +165,37 @@ def cmd_dlq(args) -> int:
             record["raw"] = record["raw"][:200]
             print(json.dumps(record))
         return 0
-    if not args.job_id and not args.all:
+    if args.action == "purge":
+        count = client.llen(keys.DEAD_LETTER)
+        if not args.yes and not _confirmed(f"drop all {count} dead-lettered jobs for good?"):
+            raise UsageError("dlq purge: nothing dropped (it asks for confirmation; --yes answers it)")
+        print(json.dumps({"dropped": drop_dead_letters(client)}))
+        return 0
+    if args.action == "drop":
+        if not args.job_ids:
+            raise UsageError("dlq drop needs one or more JOB_IDs (`dlq list` shows them; `dlq purge` drops all)")
+        dropped = drop_dead_letters(client, args.job_ids)
+        print(json.dumps({"dropped": dropped}))
+        if dropped < len(set(args.job_ids)):
+            raise CommandFailed(f"{len(set(args.job_ids)) - dropped} of these are not dead-lettered "
+                                "(`dlq list` shows them)")
+        return 0
+    if not args.job_ids and not args.all:
         raise UsageError("dlq requeue needs a JOB_ID or --all (`dlq list` shows them)")
-    moved = requeue_dead_letter(client, settings.contract, None if args.all else args.job_id)
+    moved = (requeue_dead_letter(client, settings.contract) if args.all
+             else sum(requeue_dead_letter(client, settings.contract, job_id) for job_id in args.job_ids))
     print(json.dumps({"requeued": moved}))
-    if not moved and not args.all:
-        raise CommandFailed(f"no dead-lettered job {args.job_id} (`dlq list` shows them)")
+    if not args.all and moved < len(set(args.job_ids)):
+        raise CommandFailed(f"no dead-lettered job {' '.join(args.job_ids)} (`dlq list` shows them)")
     return 0
+
+
+def _confirmed(question: str) -> bool:
+    """Ask at a terminal; anywhere else the answer is no (a script passes --yes)."""
+    if not sys.stdin.isatty():
+        return False
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)  # stdout keeps the JSON answer alone
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 def cmd_cancel(args) -> int:
@@ -191,10 +217,12 @@ def cmd_cancel(args) -> int:
             client.delete(keys.cancel(args.job_id))
             print(json.dumps({"job_id": args.job_id, "cancelled": "queued", "queue": queue}))
             return 0
-    worker = find_in_flight(client, args.job_id)
-    if worker is not None:
-        print(json.dumps({"job_id": args.job_id, "cancelled": "requested", "worker": worker,
-                          "note": "running: the worker stops it at its next step"}))
+    held = find_in_flight(client, args.job_id)
+    if held is not None:
+        worker, running = held
+        note = ("running: the worker stops it at its next step" if running else
+                "claimed, not started: the worker reports it cancelled instead of starting it")
+        print(json.dumps({"job_id": args.job_id, "cancelled": "requested", "worker": worker, "note": note}))
         return 0
     client.delete(keys.cancel(args.job_id))
     finished = client.get(keys.result(args.job_id))
@@ -248,6 +276,14 @@ def cmd_bench(args) -> int:
         raise UsageError(f"bench {args.what} needs --model (a model, or a config folder with --random-weights)")
     if getattr(args, "model", None) and not Path(args.model).exists():
         raise UsageError(f"--model {args.model}: no such file or folder")
+    if hasattr(args, "device"):  # picked as `run` picks it: --device, else DEVICE, else cuda, checked
+        args.device = args.device or os.environ.get("DEVICE", "cuda")
+        if args.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UsageError(f"--device {args.device} but no CUDA GPU is visible here: use --device cpu "
+                                 "(or DEVICE=cpu)")
     report = importlib.import_module(BENCHMARKS[args.what]).run_from_args(args)
     print(json.dumps(report, indent=2, default=str) if args.json else report["table"])
     return 0

@@ -1,4 +1,7 @@
-"""`ourvidz-worker doctor`: one line per check, saying what is wrong and where to look."""
+"""`ourvidz-worker doctor`: one line per check, saying what is wrong and where to look.
+
+Each check names what it reached (the URL, with any password hidden) and gives up within a few
+seconds: a refused port fails at once, a silent one after CHECK_TIMEOUT seconds."""
 
 from __future__ import annotations
 
@@ -9,14 +12,24 @@ from pathlib import Path
 import httpx
 
 from shared.decode.presets import load_presets
+from shared.ops.logging import redact_text
 from shared.ops.settings import Settings
+
+CHECK_TIMEOUT = 3.0  # seconds a check waits for an answer
 
 
 def _check_redis(settings: Settings) -> str:
-    from shared.source.queue import connect
+    import redis
 
-    client = connect(settings.effective_redis_url)
-    client.ping()
+    url = redact_text(settings.effective_redis_url)
+    # No retries here (the worker's client retries for minutes): a doctor says what it found, now.
+    client = redis.Redis.from_url(settings.effective_redis_url, socket_connect_timeout=CHECK_TIMEOUT,
+                                  socket_timeout=CHECK_TIMEOUT, retry=None, decode_responses=True)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RuntimeError(f"cannot reach Redis at {url}: {reason}") from None
     version = client.info("server")["redis_version"]
     if tuple(int(p) for p in version.split(".")[:2]) < (6, 2):
         raise RuntimeError(f"Redis {version} lacks BLMOVE; 6.2 or newer is needed")
@@ -36,9 +49,20 @@ def _check_callback(settings: Settings) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         return f"callbacks are appended to {path.resolve()}"
     # A GET is harmless: the function answers it (405/4xx) without touching any job.
-    response = httpx.get(url, timeout=5.0)
+    shown = redact_text(url)
+    try:
+        response = httpx.get(url, timeout=CHECK_TIMEOUT)
+    except httpx.ConnectError as exc:
+        raise RuntimeError(f"cannot connect to {shown}: {exc or 'connection refused'}") from None
+    except httpx.TimeoutException:
+        raise RuntimeError(f"{shown} did not answer within {CHECK_TIMEOUT:g} s") from None
+    except httpx.HTTPError as exc:
+        raise RuntimeError(f"{shown}: {type(exc).__name__}: {exc}") from None
+    if response.status_code == 404:
+        raise RuntimeError(f"{shown} answered 404: a wrong CALLBACK_URL (or SUPABASE_URL), or the job-callback "
+                           "function is not deployed there")
     signing = "signed" if settings.job_callback_secret else "unsigned (JOB_CALLBACK_SECRET not set)"
-    return f"{url} reachable (answered {response.status_code}); callbacks {signing}"
+    return f"{shown} reachable (answered {response.status_code}); callbacks {signing}"
 
 
 def _check_presets(settings: Settings) -> str:
@@ -96,8 +120,6 @@ def run_checks(settings: Settings, model: list[str] | None = None, pod: str | No
             print(f"ok    {name}: {check()}")
         except Exception as exc:  # each check says what is wrong in one line
             failures += 1
-            from shared.ops.logging import redact_text
-
             print(f"FAIL  {name}: {redact_text(str(exc)) or type(exc).__name__}")
     print(f"contract {settings.contract}, worker id {settings.worker_id}")
     sys.stdout.flush()

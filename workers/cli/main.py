@@ -24,15 +24,33 @@ from workers.registry import ENGINES, SDXL_TYPES, WAN_TYPES, tiny_model_builders
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with a usage mistake said in one line (the full usage is one --help away)."""
+    """argparse, with a usage mistake said in one line (the full usage is one --help away), and
+    pointed at the help of the subcommand it was made in."""
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # argparse says these at the top level: say them where they were typed
+            self._innermost(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _innermost(self, parsed) -> argparse.ArgumentParser:
+        parser = self
+        for dest in ("command", "what"):  # the subcommand, then a benchmark's name
+            commands = getattr(parser, "commands", {})
+            chosen = commands.get(getattr(parsed, dest, None))
+            if chosen is None:
+                break
+            parser = chosen
+        return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ourvidz-worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = sub.choices  # each subcommand's parser, by name (its mistakes point at its help)
 
     run = sub.add_parser("run", help="run a worker until stopped (SIGTERM/Ctrl-C finish the job in hand)")
     run.add_argument("engine", choices=sorted(ENGINES), help="which worker: " + ", ".join(sorted(ENGINES)))
@@ -67,10 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("queue", help="queue depths, jobs in flight per worker, dead letters, outbox").set_defaults(
         func=commands.cmd_queue)
 
-    dlq = sub.add_parser("dlq", help="list or requeue dead-lettered jobs")
-    dlq.add_argument("action", choices=["list", "requeue"], help="list them, or put one (or --all) back")
-    dlq.add_argument("job_id", nargs="?", help="with requeue: the job to put back")
+    dlq = sub.add_parser("dlq", help="list, requeue or drop dead-lettered jobs")
+    dlq.add_argument("action", choices=["list", "requeue", "drop", "purge"],
+                     help="list them; put some (or --all) back; drop some for good; purge them all")
+    dlq.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="with requeue or drop: the jobs")
     dlq.add_argument("--all", action="store_true", help="with requeue: every dead-lettered job")
+    dlq.add_argument("--yes", action="store_true", help="with purge: do not ask for confirmation")
     dlq.set_defaults(func=commands.cmd_dlq)
 
     cancel = sub.add_parser("cancel", help="cancel a queued or running job")
