@@ -53,9 +53,19 @@ warnings.warn("deprecated thing", DeprecationWarning, stacklevel=1)
     done = subprocess.run([sys.executable, "-W", "always", "-c", program], capture_output=True, text=True, timeout=60,
                           check=True)
     lines = [json.loads(line) for line in done.stderr.strip().splitlines()]  # every line is JSON
-    assert [line["event"] for line in lines[:2]] == ["shown", "a library says something"]
-    assert lines[0]["component"] == "made-at-import" and lines[1]["logger"] == "transformers.modeling_utils"
-    assert "deprecated thing" in lines[2]["event"] and lines[2]["logger"] == "py.warnings" and len(lines) == 3
+    # A library's warnings are about the library: not shown at WARNING (nor INFO)...
+    assert [line["event"] for line in lines] == ["shown"] and lines[0]["component"] == "made-at-import"
+    # ...and kept, as JSON records at debug level, when LOG_LEVEL=DEBUG asks; a library's error keeps its level.
+    program = program.replace('configure_logging("WARNING")', 'configure_logging("DEBUG")') + (
+        '\nlogging.getLogger("diffusers").error("a library failed")')
+    done = subprocess.run([sys.executable, "-W", "always", "-c", program], capture_output=True, text=True, timeout=60,
+                          check=True)
+    lines = [json.loads(line) for line in done.stderr.strip().splitlines()]
+    library = {line["event"]: line for line in lines if "logger" in line}
+    assert library["a library says something"]["level"] == "debug"
+    warned = next(line for event, line in library.items() if "deprecated thing" in event)
+    assert warned["logger"] == "py.warnings" and warned["level"] == "debug"
+    assert library["a library failed"]["level"] == "error"
 
 
 def test_console_format_for_people_at_a_terminal(capsys):

@@ -93,6 +93,18 @@ class _StderrHandler(logging.Handler):
             self.handleError(record)
 
 
+class _LibraryNoticesAtDebug(logging.Filter):
+    """Our own events go through structlog; what reaches the standard library's root is the
+    libraries' (and Python's `warnings`). Their notices and warnings are about the libraries, not
+    the job: kept, at debug level, for LOG_LEVEL=DEBUG; their errors keep their level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 # Libraries that log through the standard library; below WARNING they are noise in a worker's log.
 _QUIET = ("httpx", "httpcore", "urllib3", "botocore", "filelock", "asyncio", "PIL", "uvicorn.error")
 
@@ -116,6 +128,7 @@ def configure_logging(level: str = "INFO", secrets: Iterable[str] = (), fmt: str
         cache_logger_on_first_use=False,
     )
     handler = _StderrHandler()
+    handler.addFilter(_LibraryNoticesAtDebug())
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, stamp],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _format_exc_redacted,
@@ -129,22 +142,31 @@ def configure_logging(level: str = "INFO", secrets: Iterable[str] = (), fmt: str
     if not progress_bars:
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # huggingface_hub and transformers read it
     _progress_bars[0] = progress_bars
-    route_library_logs()
+    if level == "DEBUG":  # their records, as ours, whenever they are imported, warnings included
+        route_library_logs(load=("transformers", "diffusers"), at_least=logging.WARNING)
+    else:  # imported later, they keep their own handler: tell it to say only errors
+        for variable in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+            os.environ.setdefault(variable, "error")
+        route_library_logs()
 
 
 _progress_bars = [True]
 
 
-def route_library_logs(load: Iterable[str] = ()) -> None:
+def route_library_logs(load: Iterable[str] = (), at_least: int | None = None) -> None:
     """transformers and diffusers install a stderr handler of their own and stop propagation:
     send their records to the root handler instead. `load` imports those libraries' logging
-    first (a worker does, before its engine loads them); others are handled if already imported."""
+    first (a worker does, before its engine loads them); others are handled if already imported.
+    `at_least`: lower their own verbosity to this level if it is above it (an inherited
+    TRANSFORMERS_VERBOSITY=error, say, when LOG_LEVEL=DEBUG wants their warnings)."""
     for name in ("transformers", "diffusers"):
         if name not in sys.modules and name not in load:
             continue
         library = importlib.import_module(f"{name}.utils.logging")
         library.disable_default_handler()
         library.enable_propagation()
+        if at_least is not None and library.get_verbosity() > at_least:
+            library.set_verbosity(at_least)
         if not _progress_bars[0]:
             library.disable_progress_bar()
 

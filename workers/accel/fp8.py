@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from workers.accel.torchao_import import reveal_torchao
+
 FP8_CARD = (8, 9)  # the first compute capability with FP8 tensor cores (Ada)
 
 
@@ -22,6 +24,7 @@ def quantize_fp8(module: torch.nn.Module, mode: str, device: str) -> int:
     """Converts `module`'s eligible linear layers in place; returns how many it converted."""
     if mode == "off":
         return 0
+    reveal_torchao()
     try:
         from torchao.quantization import (
             Float8DynamicActivationFloat8WeightConfig,

@@ -37,6 +37,11 @@ def redis_client(settings: Settings):
     return connect(settings.effective_redis_url)
 
 
+def _terse_level() -> str:
+    """For commands that print their own answer: warnings and worse, or everything at LOG_LEVEL=DEBUG."""
+    return "DEBUG" if os.environ.get("LOG_LEVEL", "").strip().upper() == "DEBUG" else "WARNING"
+
+
 def wait_for_redis(settings: Settings):
     """Redis, once it answers: tried now, after a third of REDIS_WAIT_SECONDS and at its end, with
     one line per retry; then the run gives up (exit 1) and its supervisor may start it again."""
@@ -244,7 +249,7 @@ def cmd_make_tiny_model(args) -> int:
     if target is None:
         raise UsageError(f"no tiny model for {args.engine!r}; available: {', '.join(builders)} "
                          "(the sim engine needs no model)")
-    configure_logging("WARNING")
+    configure_logging(_terse_level())
     target(args.dir)
     print(json.dumps({"engine": args.engine, "dir": args.dir}))
     return 0
@@ -257,7 +262,7 @@ def cmd_fetch_models(args) -> int:
     unknown = [m for m in only if m not in MODELS]
     if unknown:
         raise UsageError(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
-    configure_logging("WARNING", progress_bars=True)  # a person watches a download
+    configure_logging(_terse_level(), progress_bars=True)  # a person watches a download
     try:
         print(json.dumps(fetch_models(args.dest, only, args.sdxl, args.sdxl_sha256), indent=2))
     except FetchError as exc:
@@ -270,7 +275,7 @@ def cmd_bench(args) -> int:
 
     from workers.cli.bench_options import BENCHMARKS
 
-    configure_logging("WARNING")
+    configure_logging(_terse_level())
     route_library_logs(load=("transformers", "diffusers"))  # their warnings as log lines, no progress bars
     if getattr(args, "model", "absent") is None and args.what in ("sdxl", "wan", "chat"):
         raise UsageError(f"bench {args.what} needs --model (a model, or a config folder with --random-weights)")

@@ -18,6 +18,7 @@ import argparse  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
+from workers.accel.torchao_import import hide_torchao_unless_asked  # noqa: E402
 from workers.cli.bench_options import add_bench_parsers  # noqa: E402
 from workers.cli.errors import run_command  # noqa: E402
 from workers.registry import ENGINES, SDXL_TYPES, WAN_TYPES, tiny_model_builders  # noqa: E402
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # a usage mistake: argparse's own two lines, exit 2
+    hide_torchao_unless_asked()  # FP8 reveals it again where it is applied (workers/accel/fp8.py)
 
     def redis_url() -> str:
         from shared.ops.settings import Settings
