@@ -2,8 +2,10 @@
 gets at most three lines that say what is wrong, no traceback, and a non-zero exit status."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -122,3 +124,25 @@ def test_queue_piped_into_head_ends_quietly(redis_client):
                           text=True, env={**os.environ, "REDIS_URL": TEST_REDIS_URL, "LOG_LEVEL": "WARNING"},
                           timeout=60, check=False)
     assert done.stdout == "{\n" and done.stderr == ""
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_ctrl_c_stop_every_command_at_once(tiny_models, redis_client, stop):
+    """`run` stops gracefully on SIGTERM (tests/test_crash.py); every other command stops where it is:
+    a benchmark mid-run, a submit waiting for its result."""
+    sdxl = tiny_models[0]
+    long_ones = [["bench", "sdxl", "--model", sdxl, "--device", "cpu", "--size", "256", "--steps", "40", "--jobs", "20"],
+                 ["submit", "sdxl_image_fast", "a fox", "--size", "64x64", "--wait", "--timeout", "120"]]
+    env = {**os.environ, "REDIS_URL": TEST_REDIS_URL, "LOG_LEVEL": "WARNING"}
+    running = [subprocess.Popen([sys.executable, "-m", "workers.cli", *args], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for args in long_ones]
+    time.sleep(10)  # well into the work (a stop while still importing is honoured at the start, too)
+    for process in running:
+        assert process.poll() is None, process.communicate()
+        process.send_signal(stop)
+    started = time.monotonic()
+    for args, process in zip(long_ones, running, strict=True):
+        _, err = process.communicate(timeout=30)
+        assert process.returncode == 130, (args, err[-1000:])
+        assert err.strip().endswith("interrupted") and "Traceback" not in err, (args, err[-1000:])
+    assert time.monotonic() - started < 15

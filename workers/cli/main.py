@@ -17,6 +17,7 @@ signal.signal(signal.SIGTERM, lambda signum, _frame: commands.EARLY_STOP.append(
 import argparse  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 
 from workers.accel.torchao_import import hide_torchao_unless_asked  # noqa: E402
 from workers.cli.bench_options import add_bench_parsers  # noqa: E402
@@ -123,9 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(_signum, _frame) -> None:
+    """SIGTERM as Ctrl-C: the command stops where it is, says so in one line, exits 130."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # a usage mistake: argparse's own two lines, exit 2
     hide_torchao_unless_asked()  # FP8 reveals it again where it is applied (workers/accel/fp8.py)
+    # `run` stops gracefully (its worker's handler); every other command stops where it is.
+    stops_now = args.command != "run" and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if stops_now else None
 
     def redis_url() -> str:
         from shared.ops.settings import Settings
@@ -135,7 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:  # noqa: BLE001 - only for the message
             return os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
-    return run_command(lambda: args.func(args), args.command, redis_url)
+    def command() -> int:
+        if stops_now and commands.EARLY_STOP:  # asked to stop while it was still starting
+            raise KeyboardInterrupt
+        return args.func(args)
+
+    try:
+        return run_command(command, args.command, redis_url)
+    finally:
+        if stops_now:  # called in-process (tests): the caller's handler again
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
