@@ -273,7 +273,7 @@ def cmd_fetch_models(args) -> int:
 def cmd_bench(args) -> int:
     import importlib
 
-    from workers.cli.bench_options import BENCHMARKS
+    from workers.cli.bench_options import BENCHMARKS, fill_device_defaults
 
     configure_logging(_terse_level())
     route_library_logs(load=("transformers", "diffusers"))  # their warnings as log lines, no progress bars
@@ -289,6 +289,7 @@ def cmd_bench(args) -> int:
             if not torch.cuda.is_available():
                 raise UsageError(f"--device {args.device} but no CUDA GPU is visible here: use --device cpu "
                                  "(or DEVICE=cpu)")
+        fill_device_defaults(args)
     report = importlib.import_module(BENCHMARKS[args.what]).run_from_args(args)
     print(json.dumps(report, indent=2, default=str) if args.json else report["table"])
     return 0
