@@ -83,3 +83,20 @@ def test_every_local_link_in_the_readme_and_the_docs_resolves():
                 assert anchor in slugs, f"{page.name}: {target}"
             checked += 1
     assert checked >= 7  # the README's map of the docs at least
+
+
+def test_benchmarks_take_their_sizes_from_the_device_unless_given():
+    from workers.cli.bench_options import fill_device_defaults
+
+    def parsed(*argv):
+        args = build_parser().parse_args(["bench", *argv])
+        fill_device_defaults(args)
+        return args
+
+    cpu, gpu = parsed("sdxl", "--model", "m", "--device", "cpu"), parsed("sdxl", "--model", "m", "--device", "cuda:0")
+    assert (cpu.size, cpu.steps, cpu.jobs, cpu.batch) == (256, 8, 2, 2)
+    assert (gpu.size, gpu.steps, gpu.jobs, gpu.batch) == (1024, 25, 6, 6)
+    assert parsed("sdxl", "--model", "m", "--device", "cpu", "--size", "512").size == 512  # given: kept
+    wan = parsed("wan", "--model", "m", "--device", "cpu")
+    assert (wan.size, wan.frames, wan.steps) == ("128x128", 9, 4)
+    assert parsed("chat", "--model", "m", "--device", "cpu").concurrency == "4,8"
