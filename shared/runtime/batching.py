@@ -139,6 +139,8 @@ class BatchContext:
 
     def progress(self, item: Any, step: int, total: int) -> None:
         task, now = self.tasks.get(item.id), time.monotonic()
+        if task is not None:
+            task.step, task.total_steps = step, total  # what `top` shows; reports are throttled below
         if task is None or now - task.last_progress < PROGRESS_INTERVAL:
             return
         task.last_progress = now

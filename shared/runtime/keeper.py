@@ -28,8 +28,9 @@ WATCHDOG_GRACE = 60.0  # past timeout + this, an engine that never checks in is 
 
 class Keeper:
     def __init__(self, queue: JobQueue, settings: Settings, log: Any, outbox: CallbackSender | None,
-                 clock: BatchClock):
+                 clock: BatchClock, on_beat: Callable[[], None] | None = None):
         self.queue, self.settings, self.log = queue, settings, log
+        self.on_beat = on_beat  # with each heartbeat (the worker's status, written when it changed)
         self.outbox = outbox
         self.clock = clock  # the GPU loop's: when the input on the engine longest started
         self.redis_retry_attempts = REDIS_RETRY_ATTEMPTS  # tries before an acknowledgement is deferred
@@ -118,6 +119,8 @@ class Keeper:
         while not self._stop.wait(interval):
             try:
                 self.queue.heartbeat()
+                if self.on_beat is not None:
+                    self.on_beat()
                 self.run_deferred()
                 returned = self.queue.reap_dead_workers()
                 if returned:

@@ -28,6 +28,8 @@ class Task:
     stream: Callable[[Any], None] | None = None  # a local caller that wants partial output (never blocks)
     cancel_requested: bool = False  # a local caller gave up (disconnected, a stop sequence was met)
     deadline: float | None = None  # a local caller's time.monotonic() past which it no longer waits
+    step: int = 0  # denoising (or decoding) step reached on the engine, of `total_steps`
+    total_steps: int = 0
 
     @property
     def input(self) -> Any:

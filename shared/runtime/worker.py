@@ -50,6 +50,7 @@ from shared.runtime.handoff import Handoff
 from shared.runtime.keeper import Keeper
 from shared.runtime.line import ReadyLine, StopSignal
 from shared.runtime.stages import Stages
+from shared.runtime.status import StatusBoard
 from shared.runtime.task import Task
 from shared.source.admin import element_age
 from shared.source.queue import JobQueue, claim_client_for
@@ -91,7 +92,9 @@ class Worker:
         # Deliveries run side by side: by default enough for two full batches while the next one
         # runs, so a fast GPU never waits on the store (each job also uploads its objects in parallel).
         self.handoff = Handoff(settings.post_workers or max(4, 2 * engine.max_batch_images), self._finish)
-        self.keeper = Keeper(self.queue, settings, self.log, outbox, self.clock)
+        self.board = StatusBoard(redis_client, self.worker_id, engine.name)  # what `top` shows of this worker
+        self.keeper = Keeper(self.queue, settings, self.log, outbox, self.clock,
+                             on_beat=lambda: self.board.publish(self.state, self.counts))
         self.gpu_side = GpuSide(engine, self.queue, stages, self.line, self.handoff, self.clock, self.stop_signal,
                                 settings, self.metrics, self.log)
         self.http: HttpServer | None = None
@@ -136,6 +139,7 @@ class Worker:
         else:
             self.line.done_feeding()
         self.state = "ready"
+        quietly(self.log, lambda: self.board.publish(self.state, self.counts))
         if self.http is not None and self.announce_function:
             announce_in_background(self.settings, self.announce_function, self.http.port)
         self.log.info("worker_ready", era=self.era, **{**self.engine.describe(), "queues": list(self.queue.queues)})
@@ -213,6 +217,7 @@ class Worker:
         continuous = self.engine.continuous
         ctx = (ContinuousContext(self.gpu_side, self.engine.batch_key(batch[0].input)) if continuous
                else BatchContext(self.gpu_side))
+        self.board.batch_started(started, ctx.tasks)
         live = ctx.begin(batch)
         if live:
             self.metrics.batch_images.observe(sum(self.engine.cost(t.input) for t in live))
@@ -232,6 +237,7 @@ class Worker:
                 for task in live:
                     self.metrics.generation_seconds.labels(job_type_of(task)).observe(spent)
         self.clock.stop()
+        self.board.batch_ended(time.monotonic())
         self.metrics.busy.set(0)
         self.state = "ready"
 
@@ -331,6 +337,8 @@ class Worker:
         status = "cancelled" if isinstance(outcome, JobError) and outcome.error_type == "cancelled" else (
             body.get("status", "failed"))
         self._count(status, dead_letter)
+        if status == "failed" and isinstance(outcome, JobError):
+            quietly(self.log, lambda: self.board.failed(task.job_id, outcome.error_type, outcome.message))
         if claimed is not None:
             self.metrics.stage_seconds.labels("total").observe(time.time() - claimed.claimed_at)
             self.log.info("job_reported", job_id=task.job_id, status=status)

@@ -16,6 +16,9 @@ ATTEMPTS = PREFIX + "attempts"  # hash: element SHA-1 -> GPU runs that ended wit
 DEAD_LETTER = PREFIX + "dead"  # list of JSON records {job_id, queue, raw, reason, at}
 OUTBOX = PREFIX + "callback_outbox"  # zset: pending callback JSON -> next delivery time
 CALLBACK_REJECTED = PREFIX + "callback_rejected"  # list: callbacks the backend refused (4xx)
+WORKER_STATUS = PREFIX + "worker_status"  # hash: worker id -> JSON status (engine, state, jobs, counts), for `top`
+FAILURES = PREFIX + "failures"  # list: the fleet's latest failed jobs, newest first (JSON), for `top`
+FAILURES_KEPT = 50
 
 
 def processing(worker_id: str, queue: str) -> str:

@@ -202,14 +202,18 @@ class JobQueue:
         pipe = self.redis.pipeline()
         pipe.zrem(keys.LEASES, self.worker_id)
         pipe.hdel(keys.WORKER_QUEUES, self.worker_id)
+        pipe.hdel(keys.WORKER_STATUS, self.worker_id)
         pipe.delete(keys.running(self.worker_id))
         pipe.execute()
 
     def reap_dead_workers(self) -> int:
         """Return the jobs of every worker whose lease has lapsed: one range query, then per dead
         worker its registry entry and one atomic reap."""
-        dead = self.redis.zrangebyscore(keys.LEASES, "-inf", time.time())
-        return sum(max(0, self.reap_worker(w)) for w in dead if w != self.worker_id)
+        dead = [w for w in self.redis.zrangebyscore(keys.LEASES, "-inf", time.time()) if w != self.worker_id]
+        returned = sum(max(0, self.reap_worker(w)) for w in dead)
+        if dead:
+            self.redis.hdel(keys.WORKER_STATUS, *dead)  # what `top` showed of them is over
+        return returned
 
     def reap_worker(self, worker: str) -> int:
         """Move a dead worker's held jobs back to the front of their queues (charging the ones that

@@ -157,6 +157,26 @@ def cmd_queue(args) -> int:
     return 0
 
 
+def cmd_top(args) -> int:
+    from workers.cli.top import print_once, read_fleet, watch
+
+    settings = load_settings(args)
+    client = redis_client(settings)
+    client.ping()  # Redis away: one line now, not a blank screen
+
+    def read():
+        return read_fleet(client, settings.contract)
+
+    if args.once:
+        print_once(read)
+        return 0
+    try:
+        watch(read, args.interval)
+    except KeyboardInterrupt:  # Ctrl-C leaves, as q does
+        pass
+    return 0
+
+
 def cmd_dlq(args) -> int:
     from shared.source.admin import dead_letters, drop_dead_letters, requeue_dead_letter
 

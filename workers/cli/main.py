@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("queue", help="queue depths, jobs in flight per worker, dead letters, outbox").set_defaults(
         func=commands.cmd_queue)
 
+    top = sub.add_parser("top", help="the fleet as it runs: queues, workers, their jobs, failures (q leaves)")
+    top.add_argument("--once", action="store_true", help="print one plain-text snapshot and exit (for scripts)")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    top.set_defaults(func=commands.cmd_top)
+
     dlq = sub.add_parser("dlq", help="list, requeue or drop dead-lettered jobs")
     dlq.add_argument("action", choices=["list", "requeue", "drop", "purge"],
                      help="list them; put some (or --all) back; drop some for good; purge them all")
