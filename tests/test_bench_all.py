@@ -2,10 +2,12 @@
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 
 from tests.conftest import TEST_REDIS_URL
+from workers.bench.report import row as report_row
 from workers.cli.main import main
 
 
@@ -23,7 +25,15 @@ def test_bench_all_on_the_tiny_models_writes_one_report_with_every_bench(tmp_pat
         if row["bench"] in ("sdxl", "wan"):
             assert row["ours"]["ms_per_step"] > 0 and 0 < row["ours"]["mfu"] < 1
             assert row["peak_tflops_measured"] > 0
+        timed = [side for side in (row["baseline"], row["ours"]) if "samples" in side]
+        assert row["ours"] in timed  # every figure of ours is a median of samples ...
+        for side in timed:  # ... of at least 3, with its spread around it
+            low, high = side["spread"]
+            assert len(side["samples"]) >= 3 and low <= side[metric] <= high
+            middle = statistics.median(side["samples"])
+            assert abs(side[metric] - middle) <= 1e-4 + 1e-3 * middle  # the median, to its rounding
     table = (tmp_path / "report.md").read_text()
+    assert "s/image" in table and "tokens/s" in table and "samples)" in table  # units and spreads shown
     assert table.count("\n| sdxl") + table.count("\n| wan") + table.count("\n| chat") + table.count("\n| fleet") == len(rows)
     assert "| bench |" in capsys.readouterr().out  # and the table is printed
 
@@ -35,7 +45,7 @@ def test_a_bench_cut_short_keeps_the_rows_it_measured_and_runs_only_the_variants
 
     def sdxl(device, name, tiny, tmp, peak, configs, asked):
         for key in bench_all.chosen(asked, ("worker", "vae-bf16", "compile")):
-            yield bench_all._row("sdxl", name, {"variant": key}, ("stock", 2.0), (key, 1.0), "seconds", "lower")
+            yield report_row("sdxl", name, {"variant": key}, ("stock", 2.0), (key, 1.0), "seconds", "lower")
         raise KeyboardInterrupt  # the lease's timeout
 
     monkeypatch.setitem(bench_all.BENCHES, "sdxl", sdxl)

@@ -13,7 +13,6 @@ A bench that fails gives a row with its `error`; the others still run.
 
 from __future__ import annotations
 
-import gc
 import tempfile
 import time
 import traceback
@@ -29,38 +28,21 @@ from shared.engine.inputs import Generation
 from shared.ops.gpu import resolve_dtype, synchronize
 from shared.ops.settings import REPO_ROOT, Settings
 from workers.bench.measure import (
+    MIN_SAMPLES,
     CapturedCall,
     StepClock,
+    figure,
+    free_memory,
     graph_state,
+    peak_gib,
     peak_tflops,
     pixel_difference,
+    repeated,
     utilisation,
 )
-from workers.bench.report import add_row
+from workers.bench.report import add_row, row
 
 MODEL_CONFIGS = REPO_ROOT.parent / "shared" / "model-configs"
-
-
-def _row(bench: str, device: str, settings: dict, baseline: tuple[str, float], ours: tuple[str, float], metric: str,
-         better: str, **extra) -> dict[str, Any]:
-    ratio = ours[1] / baseline[1] if baseline[1] else None
-    return {"bench": bench, "device": device, "settings": settings, "metric": metric, "better": better,
-            "baseline": {"name": baseline[0], metric: round(baseline[1], 4)},
-            "ours": {"name": ours[0], metric: round(ours[1], 4), **extra},
-            "ratio": round(ratio, 3) if ratio is not None else None}
-
-
-def _free(device: str) -> None:
-    """Between variants: memory back, and the peak counter restarted for the next one."""
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def _peak_gib(device: str) -> float | None:
-    """GPU memory the variant has held at most so far (load, warm-up and runs), in GiB."""
-    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None
 
 
 def _measured(engine, module, batches: list[list[Generation]], device: str
@@ -88,7 +70,7 @@ def _guarded(bench: str, device: str, name: str, label: str, rows: Iterator[dict
         yield {"bench": bench, "device": name, "variant": label, "error": f"{type(exc).__name__}: {exc}",
                "trace": traceback.format_exc(limit=3)}
     finally:
-        _free(device)
+        free_memory(device)
 
 
 def _short(items: list[Generation]) -> list[Generation]:
@@ -178,8 +160,10 @@ def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
     work = [Generation(id=f"bench-{i}", media="image", prompt=f"benchmark prompt {i}, a lighthouse at dawn",
                        negative_prompt="blurry, low quality", width=size, height=size, steps=steps,
                        guidance_scale=6.0, scheduler="euler", seeds=(i,)) for i in range(jobs)]
-    baseline = time_baseline(factory(model, None, dtype).to(device), work, device)
-    _free(device)
+    stock = factory(model, None, dtype).to(device)
+    baseline = repeated(lambda: time_baseline(stock, work, device))
+    stock = None  # its weights go before the worker's load
+    free_memory(device)
     variants = sdxl_variants(device)
     reference: dict[str, list] = {}  # mode -> the first exact variant's images, which the others are compared with
 
@@ -193,18 +177,26 @@ def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
         ready = time.perf_counter() - begun
         for mode, batches in (("one job at a time", [[job] for job in jobs_here]),
                               ("batched across jobs", [jobs_here[i:i + batch] for i in range(0, jobs, batch)])):
-            seconds, ms, flops, results = _measured(engine, engine.pipe.unet, batches, device)
-            seconds /= jobs
+            last: list = []
+
+            def sample(batches=batches, last=last) -> float:
+                seconds, *rest = _measured(engine, engine.pipe.unet, batches, device)
+                last[:] = rest
+                return seconds / jobs
+
+            seconds = repeated(sample)
+            ms, flops, results = last
             exact = not (switches.get("cache", "none") != "none" or switches.get("fp8", "off") != "off")
             difference = pixel_difference(results, reference.get(mode))
             if exact and mode not in reference:
                 reference[mode] = results
             settings = {"size": f"{size}x{size}", "steps": steps, "jobs": jobs, "batch": len(batches[0]), "mode": mode,
                         "dtype": str(dtype).removeprefix("torch."), "switches": switches}
-            yield _row("sdxl", name, settings, ("diffusers default, one job per call", baseline),
+            yield row("sdxl", name, settings, ("diffusers default, one job per call", baseline),
                        (label, seconds), "seconds_per_image", "lower", ms_per_step=_round(ms),
-                       mfu=_round(utilisation(flops, ms, peak), 4), images_per_second=round(1 / seconds, 3),
-                       ready_s=round(ready, 1), peak_gib=_peak_gib(device), pixel_difference=difference,
+                       mfu=_round(utilisation(flops, ms, peak), 4),
+                       images_per_second=round(1 / seconds["median"], 3),
+                       ready_s=round(ready, 1), peak_gib=peak_gib(device), pixel_difference=difference,
                        warmup=getattr(engine, "warmup_report", None), graphs=graph_state(engine.unet_graphs))
 
     for key in chosen(asked, variants):
@@ -229,8 +221,8 @@ def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs
                           fps=16, shift=5.0, step_cache=cache)
 
     baseline = time_baseline(folder, {"video": job("video"), "image": job("image")}, device, dtype, width, height,
-                              steps)
-    _free(device)
+                              steps, repeat=repeated)
+    free_memory(device)
     variants = wan_variants(device)
     reference: dict[str, list] = {}  # media -> the first exact variant's frames, which the others are compared with
 
@@ -243,16 +235,24 @@ def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs
             engine.run(_short([item]), NoStops())  # warm-up (and compile)
             ready = time.perf_counter() - begun
             begun = time.perf_counter()  # an image after the video: its own warm-up alone
-            seconds, ms, flops, results = _measured(engine, engine.pipe.transformer, [[item]], device)
+            last: list = []
+
+            def sample(item=item, last=last) -> float:
+                seconds, *rest = _measured(engine, engine.pipe.transformer, [[item]], device)
+                last[:] = rest
+                return seconds
+
+            seconds = repeated(sample)
+            ms, flops, results = last
             exact = not (cached or switches.get("fp8", "off") != "off" or switches.get("attention") == "sage")
             difference = pixel_difference(results, reference.get(media))
             if exact and media not in reference:
                 reference[media] = results
             settings = {"size": f"{width}x{height}", "frames": item.frames, "steps": steps, "media": media,
                         "dtype": str(dtype).removeprefix("torch."), "switches": switches}
-            yield _row("wan", name, settings, ("diffusers default", baseline[media]), (label, seconds),
+            yield row("wan", name, settings, ("diffusers default", baseline[media]), (label, seconds),
                        "seconds_per_job", "lower", ms_per_step=_round(ms),
-                       mfu=_round(utilisation(flops, ms, peak), 4), ready_s=round(ready, 1), peak_gib=_peak_gib(device),
+                       mfu=_round(utilisation(flops, ms, peak), 4), ready_s=round(ready, 1), peak_gib=peak_gib(device),
                        pixel_difference=difference, compiled=engine.compiled,
                        graphs=graph_state(engine.image_graphs))
 
@@ -284,37 +284,38 @@ def chat_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
         report = run_chat_bench(model, device=device, max_tokens=tokens, random_weights=random, backend=backend,
                                 concurrency=concurrency, long_tokens=long, one_at_a_time=alone, cuda_graphs=graphs)
         serving = report["serving"]
-        one = serving["one_at_a_time"]["tokens_per_second"]
+        one = serving["one_at_a_time"]["tokens_per_second_figure"]
         single[backend] = serving
         base = {"model": report["model"], "dtype": report["dtype"], "max_tokens": tokens, "backend": backend,
                 "cuda_graphs": graphs}
         for n, burst in serving["concurrent"].items():
-            rows.append(_row("chat", name, {**base, "concurrent": n}, ("one request at a time", one),
-                             (f"{n} concurrent, continuous batching", burst["tokens_per_second"]), "tokens_per_second",
+            rows.append(row("chat", name, {**base, "concurrent": n}, ("one request at a time", one),
+                             (f"{n} concurrent, continuous batching", burst["tokens_per_second_figure"]),
+                             "tokens_per_second",
                              "higher", answered=f"{burst['answered']}/{burst['requests']}",
                              p50_s=burst["p50_latency_s"], p95_s=burst["p95_latency_s"]))
-        rows.append(_row("chat", name, {**base, "long_tokens": long}, ("a short request alone",
-                                                                       serving["short_alone_p50_s"]),
-                         ("the same beside a long one", serving["short_beside_long_s"]), "seconds", "lower",
-                         long_request_s=serving["long_s"], decoder=report.get("decoder")))
+        rows.append(row("chat", name, {**base, "long_tokens": long}, ("a short request alone",
+                                                                      serving["short_alone_figure"]),
+                        ("the same beside a long one", serving["short_beside_long_figure"]), "seconds", "lower",
+                        long_request_s=serving["long_s"], decoder=report.get("decoder")))
         for v in report.get("versus_transformers", []):
-            rows.append(_row("chat", name, {**base, "rows": v["rows"], "prompt_tokens": v["prompt_tokens"]},
-                             ("transformers generate", v["transformers_tokens_per_second"]),
-                             ("this decoder", v["this_backend_tokens_per_second"]), "tokens_per_second", "higher"))
+            rows.append(row("chat", name, {**base, "rows": v["rows"], "prompt_tokens": v["prompt_tokens"]},
+                             ("transformers generate", v["figures"]["transformers_generate"]),
+                             ("this decoder", v["figures"]["this_backend"]), "tokens_per_second", "higher"))
             if "eager_decoder_tokens_per_second" in v:  # CUDA graphs against the same decoder without them
-                rows.append(_row("chat", name, {**base, "rows": v["rows"], "prompt_tokens": v["prompt_tokens"]},
-                                 ("this decoder, eager", v["eager_decoder_tokens_per_second"]),
-                                 ("this decoder, CUDA graphs", v["this_backend_tokens_per_second"]),
+                rows.append(row("chat", name, {**base, "rows": v["rows"], "prompt_tokens": v["prompt_tokens"]},
+                                 ("this decoder, eager", v["figures"]["eager_decoder"]),
+                                 ("this decoder, CUDA graphs", v["figures"]["this_backend"]),
                                  "tokens_per_second", "higher",
                                  rows_with_the_eager_tokens=f"{v['rows_with_the_eager_tokens']}/{v['rows']}"))
-        _free(device)
+        free_memory(device)
     if "vllm" in single:  # the GPU question: vLLM against transformers, alone and at 16
 
-        def tokens_per_second(serving: dict, n: int) -> float:
-            return (serving["one_at_a_time"] if n == 1 else serving["concurrent"][n])["tokens_per_second"]
+        def tokens_per_second(serving: dict, n: int) -> dict:
+            return (serving["one_at_a_time"] if n == 1 else serving["concurrent"][n])["tokens_per_second_figure"]
 
         for n in (1, 16):
-            rows.append(_row("chat", name, {"concurrent": n, "max_tokens": tokens},
+            rows.append(row("chat", name, {"concurrent": n, "max_tokens": tokens},
                              ("transformers", tokens_per_second(single["transformers"], n)),
                              ("vllm", tokens_per_second(single["vllm"], n)), "tokens_per_second", "higher"))
     return rows
@@ -326,21 +327,28 @@ def fleet_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, confi
 
     redis_url = Settings().effective_redis_url
     jobs, gpu, upload = (8, 0.2, 0.1) if tiny else (20, 1.0, 0.2)
-    fleet = run_fleet_bench(jobs=jobs, gpu_seconds=gpu, upload_latency=upload, callback_latency=0.05,
-                            redis_url=redis_url, size=256 if tiny else 1024)
-    rows = [_row("fleet", name, {"jobs": jobs, "gpu_seconds_per_image": gpu, "upload_latency_s": upload,
+    size = 256 if tiny else 1024
+    runs = [run_fleet_bench(jobs=jobs, gpu_seconds=gpu, upload_latency=upload, callback_latency=0.05,
+                            redis_url=redis_url, size=size) for _ in range(MIN_SAMPLES)]
+
+    def wall(mode: str, of: list[dict]) -> dict:
+        return figure(run[mode]["wall_seconds"] for run in of)
+
+    rows = [row("fleet", name, {"jobs": jobs, "gpu_seconds_per_image": gpu, "upload_latency_s": upload,
                                  "engine": "sim"},
-                 ("one job at a time (claim, infer, upload, call back)", fleet["serial"]["wall_seconds"]),
-                 ("the runtime (claim ahead, deliver behind)", fleet["pipelined"]["wall_seconds"]), "wall_seconds",
-                 "lower", gpu_busy=fleet["pipelined"]["gpu_busy_fraction"],
-                 baseline_gpu_busy=fleet["serial"]["gpu_busy_fraction"])]
-    publishing = run_fleet_bench(jobs=4 if tiny else 16, gpu_seconds=0.25, upload_latency=0.5, callback_latency=0.05,
-                                 redis_url=redis_url, size=256 if tiny else 1024, images=6, modes=("pipelined",))
-    rows.append(_row("fleet", name, {"jobs": publishing["jobs"], "images_per_job": 6, "gpu_seconds_per_image": 0.25,
+                 ("one job at a time (claim, infer, upload, call back)", wall("serial", runs)),
+                 ("the runtime (claim ahead, deliver behind)", wall("pipelined", runs)), "wall_seconds",
+                 "lower", gpu_busy=runs[-1]["pipelined"]["gpu_busy_fraction"],
+                 baseline_gpu_busy=runs[-1]["serial"]["gpu_busy_fraction"])]
+    publishing = [run_fleet_bench(jobs=4 if tiny else 16, gpu_seconds=0.25, upload_latency=0.5, callback_latency=0.05,
+                                  redis_url=redis_url, size=size, images=6, modes=("pipelined",))
+                  for _ in range(MIN_SAMPLES)]
+    last = publishing[-1]
+    rows.append(row("fleet", name, {"jobs": last["jobs"], "images_per_job": 6, "gpu_seconds_per_image": 0.25,
                                      "upload_latency_s": 0.5, "engine": "sim"},
-                     ("the GPU time alone", publishing["gpu_seconds_total"]),
-                     ("the runtime, uploads behind the GPU", publishing["pipelined"]["wall_seconds"]), "wall_seconds",
-                     "lower", gpu_busy=publishing["pipelined"]["gpu_busy_fraction"]))
+                     ("the GPU time alone", last["gpu_seconds_total"]),  # set, not timed
+                     ("the runtime, uploads behind the GPU", wall("pipelined", publishing)), "wall_seconds",
+                     "lower", gpu_busy=last["pipelined"]["gpu_busy_fraction"]))
     return rows
 
 
@@ -370,8 +378,8 @@ def run_all(device: str, tiny: bool, out: Path, only: tuple[str, ...] = tuple(BE
         for bench in only:
             begun = time.monotonic()
             try:
-                for row in BENCHES[bench](device, name, tiny, Path(tmp), peak, configs, variants):
-                    table = add_row(rows, row, peak, begun, out, name, tiny, started)
+                for produced in BENCHES[bench](device, name, tiny, Path(tmp), peak, configs, variants):
+                    table = add_row(rows, produced, peak, begun, out, name, tiny, started)
             except Exception as exc:  # noqa: BLE001 - one bench failing must not lose the others' figures
                 failed = {"bench": bench, "device": name, "error": f"{type(exc).__name__}: {exc}",
                           "trace": traceback.format_exc(limit=3)}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -26,7 +27,10 @@ from typing import Any
 
 import torch
 
+from workers.bench.measure import figure, per, repeated
+
 BENCH_KEY = "bench-chat-key"
+SAMPLES = 3  # runs of each throughput measurement; the figure is their median
 
 
 def _prompts(tokenizer, count: int, tokens: int) -> list[list[int]]:
@@ -78,18 +82,24 @@ def versus_transformers(generator, rows: int, max_tokens: int, prompt_tokens: in
     timings = {}
     for name, run in runs:
         run()  # warm-up
-        _sync(device)
-        started = time.perf_counter()
-        run()
-        _sync(device)
-        timings[name] = time.perf_counter() - started
+
+        def timed(run=run) -> float:
+            _sync(device)
+            started = time.perf_counter()
+            run()
+            _sync(device)
+            return time.perf_counter() - started
+
+        timings[name] = repeated(timed)  # the median of repeats: one sample on a shared machine swings 2x
     tokens = rows * max_tokens
+    rates = {name: per(tokens, seconds) for name, seconds in timings.items()}
     result = {"rows": rows, "prompt_tokens": round(sum(map(len, prompts)) / rows), "max_tokens": max_tokens,
-              "transformers_tokens_per_second": round(tokens / timings["transformers_generate"], 1),
-              "this_backend_tokens_per_second": round(tokens / timings["this_backend"], 1),
-              "ratio": round(timings["transformers_generate"] / timings["this_backend"], 2)}
+              "transformers_tokens_per_second": round(rates["transformers_generate"]["median"], 1),
+              "this_backend_tokens_per_second": round(rates["this_backend"]["median"], 1),
+              "ratio": round(timings["transformers_generate"]["median"] / timings["this_backend"]["median"], 2),
+              "figures": rates}
     if "eager_decoder" in timings:  # bf16 rows may part ways where two tokens' logits nearly tie
-        result["eager_decoder_tokens_per_second"] = round(tokens / timings["eager_decoder"], 1)
+        result["eager_decoder_tokens_per_second"] = round(rates["eager_decoder"]["median"], 1)
         result["rows_with_the_eager_tokens"] = sum(a == b for a, b in zip(answers["this_backend"],
                                                                          answers["eager_decoder"], strict=True))
     return result
@@ -138,11 +148,13 @@ def serving(engine, settings, max_tokens: int, concurrency: list[int], long_toke
                                                                                       "a lighthouse at dawn."}]}
 
         short, long = body(1, 4), body(2, long_tokens)
+        # Each throughput figure is the median of SAMPLES runs (workers/bench/measure.py).
         steps = [{"op": "sequential", "n": 3, "body": body(0, max_tokens)},  # warm-up, not reported
-                 {"op": "sequential", "n": one_at_a_time, "body": body(0, max_tokens)},
-                 *[{"op": "concurrent", "n": n, "body": body(0, max_tokens)} for n in concurrency],
-                 {"op": "sequential", "n": 5, "body": short},
-                 {"op": "beside", "long": long, "short": short, "delay": 0.5},
+                 *[{"op": "sequential", "n": one_at_a_time, "body": body(0, max_tokens)}] * SAMPLES,
+                 *[{"op": "concurrent", "n": n, "body": body(0, max_tokens)} for n in concurrency
+                   for _ in range(SAMPLES)],
+                 *[{"op": "sequential", "n": 5, "body": short}] * SAMPLES,
+                 *[{"op": "beside", "long": long, "short": short, "delay": 0.5}] * SAMPLES,
                  {"op": "probe", "path": "/health", "n": 200},
                  {"op": "probe", "path": "/v1/chat/completions", "n": 200, "body": short, "key": "wrong-key"}]
         results = _callers(url, steps)
@@ -150,12 +162,36 @@ def serving(engine, settings, max_tokens: int, concurrency: list[int], long_toke
     finally:
         worker.stop(grace=30)
         thread.join(timeout=120)
-    one, bursts = results[1], dict(zip(concurrency, results[2:2 + len(concurrency)], strict=True))
-    short_alone, beside, health, refused = results[2 + len(concurrency):6 + len(concurrency)]
-    return {"one_at_a_time": one, "concurrent": bursts, "short_alone_p50_s": short_alone["p50_latency_s"],
-            "short_beside_long_s": round(beside["short"]["seconds"], 3),
-            "long_s": round(beside["long"]["seconds"], 3), "long_tokens": long_tokens,
+    timed = SAMPLES * (1 + len(concurrency))
+    one = _merged(results[1:1 + SAMPLES])
+    bursts = {n: _merged(results[1 + SAMPLES * (i + 1):1 + SAMPLES * (i + 2)]) for i, n in enumerate(concurrency)}
+    alone = results[1 + timed:1 + timed + SAMPLES]
+    beside = results[1 + timed + SAMPLES:1 + timed + 2 * SAMPLES]
+    health, refused = results[1 + timed + 2 * SAMPLES:3 + timed + 2 * SAMPLES]
+    short_alone = figure(r["p50_latency_s"] for r in alone)
+    short_beside = figure(r["short"]["seconds"] for r in beside)
+    return {"one_at_a_time": one, "concurrent": bursts, "short_alone_p50_s": round(short_alone["median"], 3),
+            "short_alone_figure": short_alone, "short_beside_long_s": round(short_beside["median"], 3),
+            "short_beside_long_figure": short_beside,
+            "long_s": round(statistics.median(r["long"]["seconds"] for r in beside), 3), "long_tokens": long_tokens,
             "health_idle": health, "unauthorized_idle": refused, **busy}
+
+
+def _merged(samples: list[dict]) -> dict[str, Any]:
+    """Repeated runs of one measurement as one: throughput and latencies by their medians (with the
+    throughput's spread), requests and answers summed."""
+    rates = figure(s["tokens_per_second"] for s in samples)
+    return {**samples[-1], "tokens_per_second": round(rates["median"], 1), "tokens_per_second_figure": rates,
+            "requests": sum(s["requests"] for s in samples), "answered": sum(s["answered"] for s in samples),
+            "errors": {kind: sum(s["errors"].get(kind, 0) for s in samples) for kind in
+                       {kind for s in samples for kind in s["errors"]}},
+            "p50_latency_s": _median_of(s["p50_latency_s"] for s in samples),
+            "p95_latency_s": _median_of(s["p95_latency_s"] for s in samples)}
+
+
+def _median_of(values) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def _probe_while_busy(url: str, long: dict, callers: int = 16) -> dict[str, Any]:

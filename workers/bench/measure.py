@@ -8,12 +8,17 @@
 - `graph_state`: what a module's CUDA graphs did in a variant.
 - `StepClock`: a run context that notes when each denoising step ends (ms per step, excluding
   text encoding and VAE decoding), without slowing the run it times.
+- `repeated` / `figure`: a timed figure is the median of repeated samples, with its spread: one
+  sample on a shared machine swings by 2x.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
+import statistics
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -21,6 +26,34 @@ import torch
 
 from shared.engine.contract import NoStops
 from shared.ops.gpu import synchronize
+
+MIN_SAMPLES = 3  # every timed figure is the median of at least this many samples
+SAMPLE_BUDGET_S = 1.0  # short samples repeat until this much was timed ...
+MAX_SAMPLES = 9  # ... up to this many
+
+
+def figure(values: Iterable[float]) -> dict[str, Any]:
+    """Samples as a figure: the median, the spread (min and max) and the samples themselves."""
+    values = list(values)
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "samples": [round(v, 5) for v in values]}
+
+
+def repeated(sample: Callable[[], float], minimum: int = MIN_SAMPLES, budget_s: float = SAMPLE_BUDGET_S,
+             maximum: int = MAX_SAMPLES) -> dict[str, Any]:
+    """Call `sample` (which times one run and returns its figure) at least `minimum` times, and
+    again while the samples so far took under `budget_s` (at most `maximum`): a `figure`."""
+    values, spent = [], 0.0
+    while len(values) < minimum or (spent < budget_s and len(values) < maximum):
+        begun = time.perf_counter()
+        values.append(sample())
+        spent += time.perf_counter() - begun
+    return figure(values)
+
+
+def per(amount: float, seconds: dict[str, Any]) -> dict[str, Any]:
+    """A figure of seconds as a figure of `amount` per second (tokens, images)."""
+    return figure(amount / s for s in seconds["samples"])
 
 
 def peak_tflops(device: str, size: int | None = None, repeats: int = 10) -> float:
@@ -140,3 +173,16 @@ def graph_state(graphs) -> dict | None:
         return None
     return {"graphs": len(graphs.graphs), "replays": graphs.replays, "eager_calls": graphs.eager_calls,
             "failed": graphs.failed}
+
+
+def free_memory(device: str) -> None:
+    """Between variants: memory back, and the peak counter restarted for the next one."""
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib(device: str) -> float | None:
+    """GPU memory the variant has held at most so far (load, warm-up and runs), in GiB."""
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None

@@ -44,8 +44,9 @@ def random_weights_folder(config_dir: str, into: Path, dtype: torch.dtype = torc
 
 
 
-def time_baseline(folder, jobs, device, dtype, width, height, steps) -> dict[str, float]:
-    """Plain WanPipeline calls with diffusers' defaults; seconds per job (one warm-up call first)."""
+def time_baseline(folder, jobs, device, dtype, width, height, steps, repeat=None) -> dict[str, Any]:
+    """Plain WanPipeline calls with diffusers' defaults; seconds per job (one warm-up call first).
+    `repeat` (workers/bench/measure.py `repeated`): each job's time as a figure of repeated samples."""
     import diffusers
 
     pipe = diffusers.WanPipeline.from_pretrained(folder, dtype=dtype, local_files_only=True).to(device)
@@ -58,11 +59,15 @@ def time_baseline(folder, jobs, device, dtype, width, height, steps) -> dict[str
                  generator=torch.Generator("cpu").manual_seed(1))
 
         call(steps=2)  # warm-up at the same shape
-        synchronize(device)
-        started = time.perf_counter()
-        call()
-        synchronize(device)
-        seconds[name] = time.perf_counter() - started
+
+        def timed(call=call) -> float:
+            synchronize(device)
+            started = time.perf_counter()
+            call()
+            synchronize(device)
+            return time.perf_counter() - started
+
+        seconds[name] = repeat(timed) if repeat is not None else timed()
     return seconds
 
 
