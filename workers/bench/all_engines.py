@@ -326,7 +326,7 @@ def fleet_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, confi
     from workers.bench.fleet import run_fleet_bench
 
     redis_url = Settings().effective_redis_url
-    jobs, gpu, upload = (8, 0.2, 0.1) if tiny else (20, 1.0, 0.2)
+    jobs, gpu, upload = (6, 0.1, 0.05) if tiny else (20, 1.0, 0.2)
     size = 256 if tiny else 1024
     runs = [run_fleet_bench(jobs=jobs, gpu_seconds=gpu, upload_latency=upload, callback_latency=0.05,
                             redis_url=redis_url, size=size) for _ in range(MIN_SAMPLES)]
@@ -340,7 +340,7 @@ def fleet_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, confi
                  ("the runtime (claim ahead, deliver behind)", wall("pipelined", runs)), "wall_seconds",
                  "lower", gpu_busy=runs[-1]["pipelined"]["gpu_busy_fraction"],
                  baseline_gpu_busy=runs[-1]["serial"]["gpu_busy_fraction"])]
-    publishing = [run_fleet_bench(jobs=4 if tiny else 16, gpu_seconds=0.25, upload_latency=0.5, callback_latency=0.05,
+    publishing = [run_fleet_bench(jobs=2 if tiny else 16, gpu_seconds=0.25, upload_latency=0.5, callback_latency=0.05,
                                   redis_url=redis_url, size=size, images=6, modes=("pipelined",))
                   for _ in range(MIN_SAMPLES)]
     last = publishing[-1]

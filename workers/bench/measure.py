@@ -39,10 +39,12 @@ def figure(values: Iterable[float]) -> dict[str, Any]:
             "samples": [round(v, 5) for v in values]}
 
 
-def repeated(sample: Callable[[], float], minimum: int = MIN_SAMPLES, budget_s: float = SAMPLE_BUDGET_S,
+def repeated(sample: Callable[[], float], minimum: int = MIN_SAMPLES, budget_s: float | None = None,
              maximum: int = MAX_SAMPLES) -> dict[str, Any]:
     """Call `sample` (which times one run and returns its figure) at least `minimum` times, and
-    again while the samples so far took under `budget_s` (at most `maximum`): a `figure`."""
+    again while the samples so far took under `budget_s` (default SAMPLE_BUDGET_S; at most
+    `maximum`): a `figure`."""
+    budget_s = SAMPLE_BUDGET_S if budget_s is None else budget_s
     values, spent = [], 0.0
     while len(values) < minimum or (spent < budget_s and len(values) < maximum):
         begun = time.perf_counter()
