@@ -32,9 +32,6 @@ class StopSignal:
     def is_set(self) -> bool:
         return self._event.is_set()
 
-    def wait(self, seconds: float) -> bool:
-        return self._event.wait(seconds)
-
     def overdue(self, now: float) -> bool:
         """Stopping, and past the grace: a running input must stop now."""
         return self._event.is_set() and now >= self.deadline

@@ -284,11 +284,13 @@ class JobQueue:
         if not claims and not job_ids:
             return set()
         pipe = self.redis.pipeline(transaction=False)
-        pipe.mget([keys.cancel(job_id) for job_id in job_ids] or [keys.cancel("")])
+        if job_ids:
+            pipe.mget([keys.cancel(job_id) for job_id in job_ids])
         if claims:
             pipe.sadd(keys.running(self.worker_id), *{c.attempt_key for c in claims})
-        flags = pipe.execute()[0]
-        return {job_id for job_id, flag in zip(job_ids, flags, strict=False) if flag}
+        answers = pipe.execute()
+        flags = answers[0] if job_ids else []
+        return {job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag}
 
     def cancelled_among(self, job_ids: list[str]) -> set[str]:
         """Which of these jobs were cancelled: one MGET (none when Redis is away)."""

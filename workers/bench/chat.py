@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from workers.bench.measure import figure, per, repeated
+from workers.bench.measure import figure, per, repeated, timed
 
 BENCH_KEY = "bench-chat-key"
 SAMPLES = 3  # runs of each throughput measurement; the figure is their median
@@ -82,15 +82,8 @@ def versus_transformers(generator, rows: int, max_tokens: int, prompt_tokens: in
     timings = {}
     for name, run in runs:
         run()  # warm-up
-
-        def timed(run=run) -> float:
-            _sync(device)
-            started = time.perf_counter()
-            run()
-            _sync(device)
-            return time.perf_counter() - started
-
-        timings[name] = repeated(timed)  # the median of repeats: one sample on a shared machine swings 2x
+        # the median of repeats: one sample on a shared machine swings 2x
+        timings[name] = repeated(lambda run=run: timed(run, device))
     tokens = rows * max_tokens
     rates = {name: per(tokens, seconds) for name, seconds in timings.items()}
     result = {"rows": rows, "prompt_tokens": round(sum(map(len, prompts)) / rows), "max_tokens": max_tokens,
@@ -103,11 +96,6 @@ def versus_transformers(generator, rows: int, max_tokens: int, prompt_tokens: in
         result["rows_with_the_eager_tokens"] = sum(a == b for a, b in zip(answers["this_backend"],
                                                                          answers["eager_decoder"], strict=True))
     return result
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def _serve(engine, settings, device: str):

@@ -32,6 +32,15 @@ SAMPLE_BUDGET_S = 1.0  # short samples repeat until this much was timed ...
 MAX_SAMPLES = 9  # ... up to this many
 
 
+def timed(call: Callable[[], Any], device: str) -> float:
+    """Wall seconds of one call, the device's queued work included (synchronized before and after)."""
+    synchronize(device)
+    started = time.perf_counter()
+    call()
+    synchronize(device)
+    return time.perf_counter() - started
+
+
 def figure(values: Iterable[float]) -> dict[str, Any]:
     """Samples as a figure: the median, the spread (min and max) and the samples themselves."""
     values = list(values)

@@ -8,7 +8,6 @@ builds the architecture from a config folder (the full-size 1.3B model with noth
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,8 @@ import torch
 
 from shared.engine.contract import NoStops
 from shared.engine.inputs import Generation
-from shared.ops.gpu import random_init_device, resolve_dtype, synchronize
+from shared.ops.gpu import random_init_device, resolve_dtype
+from workers.bench.measure import timed
 
 
 def random_weights_folder(config_dir: str, into: Path, dtype: torch.dtype = torch.bfloat16) -> Path:
@@ -59,15 +59,7 @@ def time_baseline(folder, jobs, device, dtype, width, height, steps, repeat=None
                  generator=torch.Generator("cpu").manual_seed(1))
 
         call(steps=2)  # warm-up at the same shape
-
-        def timed(call=call) -> float:
-            synchronize(device)
-            started = time.perf_counter()
-            call()
-            synchronize(device)
-            return time.perf_counter() - started
-
-        seconds[name] = repeat(timed) if repeat is not None else timed()
+        seconds[name] = repeat(lambda call=call: timed(call, device)) if repeat is not None else timed(call, device)
     return seconds
 
 
@@ -100,11 +92,7 @@ def run_wan_bench(model: str, device: str = "cuda", width: int = 480, height: in
             measured[label] = {}
             for name, item in jobs.items():
                 engine.run([item], NoStops())  # warm-up
-                synchronize(device)
-                started = time.perf_counter()
-                engine.run([item], NoStops())
-                synchronize(device)
-                measured[label][name] = time.perf_counter() - started
+                measured[label][name] = timed(lambda item=item, engine=engine: engine.run([item], NoStops()), device)
             del engine
         name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "CPU"
         rows = {"diffusers_default": baseline, **measured}
