@@ -28,6 +28,8 @@ def test_bench_all_on_the_tiny_models_writes_one_report_with_every_bench(tmp_pat
             assert row["peak_tflops_measured"] > 0
         timed = [side for side in (row["baseline"], row["ours"]) if "samples" in side]
         assert row["ours"] in timed  # every figure of ours is a median of samples ...
+        if row["bench"] in ("sdxl", "wan"):  # and the tiny baseline was sampled in turn with it, for each row
+            assert len(row["baseline"]["samples"]) == len(row["ours"]["samples"])
         for side in timed:  # ... of at least 3, with its spread around it
             low, high = side["spread"]
             assert len(side["samples"]) >= 3 and low <= side[metric] <= high
@@ -131,3 +133,27 @@ def test_random_weight_sdxl_is_the_same_model_on_every_build_and_leaves_the_glob
     assert torch.equal(first.vae.decoder.conv_out.weight, second.vae.decoder.conv_out.weight)
     other = random_weights_pipeline(folder, None, torch.float32, seed=1)
     assert not torch.equal(first.unet.conv_in.weight, other.unet.conv_in.weight)
+
+
+def test_bench_compare_counts_the_rows_whose_ratios_agree_and_refuses_reports_that_do_not_pair(tmp_path, capsys):
+    def report(name: str, ratios: list[float]) -> str:
+        rows = [report_row("wan", "CPU", {"media": media}, ("stock", 1.0), ("worker", r), "seconds_per_job", "lower")
+                for media, r in zip(("video", "image", "video"), ratios, strict=True)]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(rows))
+        return str(tmp_path / name)
+
+    first, second = report("a", [1.0, 0.5, 2.0]), report("b", [1.1, 0.6, 2.0])
+    assert main(["bench", "compare", first, f"{second}/report.json", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [round(r["apart_percent"], 1) for r in result["rows"]] == [10.0, 20.0, 0.0]
+    assert result["summary"]["within"] == 2 and result["summary"]["rows"] == 3
+    assert round(result["summary"]["worst_percent"], 1) == 20.0
+    assert main(["bench", "compare", first, second, "--within", "25"]) == 0
+    assert "3 of 3 rows within 25 %" in capsys.readouterr().out
+    other = tmp_path / "c"
+    other.mkdir()
+    (other / "report.json").write_text(json.dumps([report_row("sdxl", "CPU", {"mode": "x"}, ("s", 1.0), ("w", 1.0),
+                                                               "seconds", "lower")]))
+    assert main(["bench", "compare", first, str(other)]) == 2  # rows of different benchmarks do not pair
+    assert "the reports' rows differ" in capsys.readouterr().err

@@ -34,6 +34,7 @@ from workers.bench.measure import (
     figure,
     free_memory,
     graph_state,
+    paired,
     peak_gib,
     peak_tflops,
     pixel_difference,
@@ -151,7 +152,7 @@ WAN_MEDIA = {"worker": ("video", "image"), "defaults": ("video", "image"), "grap
 def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
               asked: tuple[str, ...]) -> Iterator[dict]:
     from shared.ops.engine_settings import SDXLSettings
-    from workers.bench.sdxl import time_baseline
+    from workers.bench.sdxl import baseline_sampler
     from workers.sdxl.engine import SDXLEngine
 
     model, factory = sdxl_model(tiny, tmp, configs)
@@ -160,9 +161,9 @@ def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
     work = [Generation(id=f"bench-{i}", media="image", prompt=f"benchmark prompt {i}, a lighthouse at dawn",
                        negative_prompt="blurry, low quality", width=size, height=size, steps=steps,
                        guidance_scale=6.0, scheduler="euler", seeds=(i,)) for i in range(jobs)]
-    stock = factory(model, None, dtype).to(device)
-    baseline = repeated(lambda: time_baseline(stock, work, device))
-    stock = None  # its weights go before the worker's load
+    stock = baseline_sampler(factory(model, None, dtype).to(device), work, device)
+    baseline = stock if tiny else repeated(stock)  # full size: one figure, and its weights make room (paired)
+    stock = None
     free_memory(device)
     variants = sdxl_variants(device)
     reference: dict[str, list] = {}  # mode -> the first exact variant's images, which the others are compared with
@@ -184,7 +185,7 @@ def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
                 last[:] = rest
                 return seconds / jobs
 
-            seconds = repeated(sample)
+            base, seconds = paired(baseline, sample)
             ms, flops, results = last
             exact = not (switches.get("cache", "none") != "none" or switches.get("fp8", "off") != "off")
             difference = pixel_difference(results, reference.get(mode))
@@ -192,7 +193,7 @@ def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
                 reference[mode] = results
             settings = {"size": f"{size}x{size}", "steps": steps, "jobs": jobs, "batch": len(batches[0]), "mode": mode,
                         "dtype": str(dtype).removeprefix("torch."), "switches": switches}
-            yield row("sdxl", name, settings, ("diffusers default, one job per call", baseline),
+            yield row("sdxl", name, settings, ("diffusers default, one job per call", base),
                        (label, seconds), "seconds_per_image", "lower", ms_per_step=_round(ms),
                        mfu=_round(utilisation(flops, ms, peak), 4),
                        images_per_second=round(1 / seconds["median"], 3),
@@ -207,7 +208,7 @@ def sdxl_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
 def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs: Path,
              asked: tuple[str, ...]) -> Iterator[dict]:
     from shared.ops.engine_settings import WANSettings
-    from workers.bench.wan import time_baseline
+    from workers.bench.wan import baseline_samplers
     from workers.wan.engine import WANEngine
 
     folder = wan_model(tiny, tmp, configs)
@@ -220,8 +221,10 @@ def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs
                           guidance_scale=6.5, scheduler="unipc", seeds=(1,), frames=frames if media == "video" else 1,
                           fps=16, shift=5.0, step_cache=cache)
 
-    baseline = time_baseline(folder, {"video": job("video"), "image": job("image")}, device, dtype, width, height,
-                              steps, repeat=repeated)
+    stock = baseline_samplers(folder, {"video": job("video"), "image": job("image")}, device, dtype, width, height,
+                              steps)
+    baseline = {media: sample if tiny else repeated(sample) for media, sample in stock.items()}  # as SDXL's
+    stock = None
     free_memory(device)
     variants = wan_variants(device)
     reference: dict[str, list] = {}  # media -> the first exact variant's frames, which the others are compared with
@@ -242,7 +245,7 @@ def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs
                 last[:] = rest
                 return seconds
 
-            seconds = repeated(sample)
+            base, seconds = paired(baseline[media], sample)
             ms, flops, results = last
             exact = not (cached or switches.get("fp8", "off") != "off" or switches.get("attention") == "sage")
             difference = pixel_difference(results, reference.get(media))
@@ -250,7 +253,7 @@ def wan_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, configs
                 reference[media] = results
             settings = {"size": f"{width}x{height}", "frames": item.frames, "steps": steps, "media": media,
                         "dtype": str(dtype).removeprefix("torch."), "switches": switches}
-            yield row("wan", name, settings, ("diffusers default", baseline[media]), (label, seconds),
+            yield row("wan", name, settings, ("diffusers default", base), (label, seconds),
                        "seconds_per_job", "lower", ms_per_step=_round(ms),
                        mfu=_round(utilisation(flops, ms, peak), 4), ready_s=round(ready, 1), peak_gib=peak_gib(device),
                        pixel_difference=difference, compiled=engine.compiled,

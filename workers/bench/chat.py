@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from workers.bench.measure import figure, per, repeated, timed
+from workers.bench.measure import figure, interleaved, per, timed
 
 BENCH_KEY = "bench-chat-key"
 SAMPLES = 3  # runs of each throughput measurement; the figure is their median
@@ -79,11 +79,10 @@ def versus_transformers(generator, rows: int, max_tokens: int, prompt_tokens: in
             answers["eager_decoder"] = [c.token_ids for c in eager.generate(requests)]
 
         runs.append(("eager_decoder", eager_decoder))
-    timings = {}
-    for name, run in runs:
+    for _, run in runs:
         run()  # warm-up
-        # the median of repeats: one sample on a shared machine swings 2x
-        timings[name] = repeated(lambda run=run: timed(run, device))
+    # medians of samples taken in turn: one sample on a shared machine swings 2x, and so does the machine
+    timings = interleaved({name: lambda run=run: timed(run, device) for name, run in runs})
     tokens = rows * max_tokens
     rates = {name: per(tokens, seconds) for name, seconds in timings.items()}
     result = {"rows": rows, "prompt_tokens": round(sum(map(len, prompts)) / rows), "max_tokens": max_tokens,
@@ -136,13 +135,15 @@ def serving(engine, settings, max_tokens: int, concurrency: list[int], long_toke
                                                                                       "a lighthouse at dawn."}]}
 
         short, long = body(1, 4), body(2, long_tokens)
-        # Each throughput figure is the median of SAMPLES runs (workers/bench/measure.py).
+        # Each throughput figure is the median of SAMPLES runs (workers/bench/measure.py), taken in
+        # rounds (one at a time, then each burst; a short request alone, then beside a long one) so
+        # that the machine's drift moves both sides of a ratio alike.
+        throughput = [{"op": "sequential", "n": one_at_a_time, "body": body(0, max_tokens)},
+                      *[{"op": "concurrent", "n": n, "body": body(0, max_tokens)} for n in concurrency]]
+        latency = [{"op": "sequential", "n": 5, "body": short},
+                   {"op": "beside", "long": long, "short": short, "delay": 0.5}]
         steps = [{"op": "sequential", "n": 3, "body": body(0, max_tokens)},  # warm-up, not reported
-                 *[{"op": "sequential", "n": one_at_a_time, "body": body(0, max_tokens)}] * SAMPLES,
-                 *[{"op": "concurrent", "n": n, "body": body(0, max_tokens)} for n in concurrency
-                   for _ in range(SAMPLES)],
-                 *[{"op": "sequential", "n": 5, "body": short}] * SAMPLES,
-                 *[{"op": "beside", "long": long, "short": short, "delay": 0.5}] * SAMPLES,
+                 *throughput * SAMPLES, *latency * SAMPLES,
                  {"op": "probe", "path": "/health", "n": 200},
                  {"op": "probe", "path": "/v1/chat/completions", "n": 200, "body": short, "key": "wrong-key"}]
         results = _callers(url, steps)
@@ -150,12 +151,12 @@ def serving(engine, settings, max_tokens: int, concurrency: list[int], long_toke
     finally:
         worker.stop(grace=30)
         thread.join(timeout=120)
-    timed = SAMPLES * (1 + len(concurrency))
-    one = _merged(results[1:1 + SAMPLES])
-    bursts = {n: _merged(results[1 + SAMPLES * (i + 1):1 + SAMPLES * (i + 2)]) for i, n in enumerate(concurrency)}
-    alone = results[1 + timed:1 + timed + SAMPLES]
-    beside = results[1 + timed + SAMPLES:1 + timed + 2 * SAMPLES]
-    health, refused = results[1 + timed + 2 * SAMPLES:3 + timed + 2 * SAMPLES]
+    rounds = results[1:1 + len(throughput) * SAMPLES]
+    one = _merged(rounds[0::len(throughput)])
+    bursts = {n: _merged(rounds[i + 1::len(throughput)]) for i, n in enumerate(concurrency)}
+    pairs = results[1 + len(rounds):1 + len(rounds) + 2 * SAMPLES]
+    alone, beside = pairs[0::2], pairs[1::2]
+    health, refused = results[1 + len(rounds) + 2 * SAMPLES:]
     short_alone = figure(r["p50_latency_s"] for r in alone)
     short_beside = figure(r["short"]["seconds"] for r in beside)
     return {"one_at_a_time": one, "concurrent": bursts, "short_alone_p50_s": round(short_alone["median"], 3),

@@ -9,7 +9,8 @@
 - `StepClock`: a run context that notes when each denoising step ends (ms per step, excluding
   text encoding and VAE decoding), without slowing the run it times.
 - `repeated` / `figure`: a timed figure is the median of repeated samples, with its spread: one
-  sample on a shared machine swings by 2x.
+  sample on a shared machine swings by 2x. `interleaved`: the samples of things compared taken
+  in turn, so that the machine's drift moves both sides of a ratio alike.
 """
 
 from __future__ import annotations
@@ -60,6 +61,34 @@ def repeated(sample: Callable[[], float], minimum: int = MIN_SAMPLES, budget_s: 
         values.append(sample())
         spent += time.perf_counter() - begun
     return figure(values)
+
+
+def interleaved(samplers: dict[str, Callable[[], float]], minimum: int = MIN_SAMPLES, budget_s: float | None = None,
+                maximum: int = MAX_SAMPLES) -> dict[str, dict[str, Any]]:
+    """`repeated` for several things compared with each other, sampled in rounds (a, b, a, b, ...):
+    a machine whose speed drifts during a run (a shared CPU does, by 2x) moves every side alike,
+    so their ratio holds where blocks of samples taken minutes apart would not. A `figure` each."""
+    budget_s = 1.5 * SAMPLE_BUDGET_S * len(samplers) if budget_s is None else budget_s  # rounds are long: more of them
+    values: dict[str, list[float]] = {name: [] for name in samplers}
+    spent, rounds = 0.0, 0
+    while rounds < minimum or (spent < budget_s and rounds < maximum):
+        begun = time.perf_counter()
+        for name, sample in samplers.items():
+            values[name].append(sample())
+        spent += time.perf_counter() - begun
+        rounds += 1
+    return {name: figure(v) for name, v in values.items()}
+
+
+def paired(baseline: dict[str, Any] | Callable[[], float], ours: Callable[[], float]) -> tuple[dict, dict]:
+    """A row's two figures. `baseline` is a sampler or a figure taken before. The tiny models'
+    samples are short and a shared CPU's speed drifts by 2x within a run, so their baseline is a
+    sampler, sampled again for each row in turn with ours (`interleaved`); at full size its figure
+    was taken once, before its weights made room for the worker's."""
+    if not callable(baseline):
+        return baseline, repeated(ours)
+    figures = interleaved({"baseline": baseline, "ours": ours})
+    return figures["baseline"], figures["ours"]
 
 
 def per(amount: float, seconds: dict[str, Any]) -> dict[str, Any]:

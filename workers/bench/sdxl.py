@@ -11,6 +11,7 @@ weights (same compute as the real model, nothing to download).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import torch
 from shared.engine.contract import NoStops
 from shared.engine.inputs import Generation
 from shared.ops.gpu import random_init_device, synchronize
+from workers.bench.measure import timed
 
 
 def random_weights_pipeline(config_dir: str, _config=None, dtype: torch.dtype = torch.float16, seed: int = 0):
@@ -53,8 +55,8 @@ def random_weights_pipeline(config_dir: str, _config=None, dtype: torch.dtype = 
 
 
 
-def time_baseline(pipe, work, device: str) -> float:
-    """Plain diffusers with its default settings, one call per job; seconds per image."""
+def baseline_sampler(pipe, work, device: str) -> Callable[[], float]:
+    """Plain diffusers with its default settings, one call per job, warmed up: a sampler of seconds per image."""
     pipe.set_progress_bar_config(disable=True)
 
     def one(item: Generation):
@@ -63,12 +65,12 @@ def time_baseline(pipe, work, device: str) -> float:
              generator=torch.Generator("cpu").manual_seed(item.seeds[0]))
 
     one(replace(work[0], steps=2))  # warm-up at the same shape, not timed
-    synchronize(device)
-    started = time.perf_counter()
-    for job in work:
-        one(job)
-    synchronize(device)
-    return (time.perf_counter() - started) / len(work)
+    return lambda: timed(lambda: [one(job) for job in work], device) / len(work)
+
+
+def time_baseline(pipe, work, device: str) -> float:
+    """One sample of `baseline_sampler`: seconds per image."""
+    return baseline_sampler(pipe, work, device)()
 
 
 def run_sdxl_bench(model: str, device: str = "cuda", jobs: int = 6, steps: int = 25, size: int = 1024,

@@ -8,6 +8,7 @@ builds the architecture from a config folder (the full-size 1.3B model with noth
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +45,14 @@ def random_weights_folder(config_dir: str, into: Path, dtype: torch.dtype = torc
 
 
 
-def time_baseline(folder, jobs, device, dtype, width, height, steps, repeat=None) -> dict[str, Any]:
-    """Plain WanPipeline calls with diffusers' defaults; seconds per job (one warm-up call first).
-    `repeat` (workers/bench/measure.py `repeated`): each job's time as a figure of repeated samples."""
+def baseline_samplers(folder, jobs, device, dtype, width, height, steps) -> dict[str, Callable[[], float]]:
+    """Plain WanPipeline calls with diffusers' defaults, each job's shape warmed up: a sampler of
+    seconds per job for each job."""
     import diffusers
 
     pipe = diffusers.WanPipeline.from_pretrained(folder, dtype=dtype, local_files_only=True).to(device)
     pipe.set_progress_bar_config(disable=True)
-    seconds = {}
+    samplers = {}
     for name, item in jobs.items():
         def call(item=item, steps=steps):
             pipe(prompt=item.prompt, negative_prompt=item.negative_prompt, width=width, height=height,
@@ -59,8 +60,14 @@ def time_baseline(folder, jobs, device, dtype, width, height, steps, repeat=None
                  generator=torch.Generator("cpu").manual_seed(1))
 
         call(steps=2)  # warm-up at the same shape
-        seconds[name] = repeat(lambda call=call: timed(call, device)) if repeat is not None else timed(call, device)
-    return seconds
+        samplers[name] = lambda call=call: timed(call, device)
+    return samplers
+
+
+def time_baseline(folder, jobs, device, dtype, width, height, steps) -> dict[str, float]:
+    """One sample of each job's `baseline_samplers`: seconds per job."""
+    return {name: sample() for name, sample in baseline_samplers(folder, jobs, device, dtype, width, height,
+                                                                 steps).items()}
 
 
 def run_wan_bench(model: str, device: str = "cuda", width: int = 480, height: int = 832, frames: int = 81,

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 
 BENCHMARKS = {"fleet": "workers.bench.fleet", "sdxl": "workers.bench.sdxl", "wan": "workers.bench.wan",
-              "chat": "workers.bench.chat", "all": "workers.bench.all_engines", "cold-start": "workers.bench.cold_start"}
+              "chat": "workers.bench.chat", "all": "workers.bench.all_engines", "cold-start": "workers.bench.cold_start",
+              "compare": "workers.bench.compare"}
 
 DTYPES = ["auto", "fp16", "bf16", "fp32"]
 # `bench all --variants`: the SDXL and WAN variants workers/bench/all_engines.py knows (some run on CUDA only).
@@ -32,7 +33,7 @@ def _model(parser: argparse.ArgumentParser, what: str, config: str) -> None:
 
 
 def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
-    which = bench.add_subparsers(dest="what", required=True, metavar="{all,fleet,sdxl,wan,chat,cold-start}")
+    which = bench.add_subparsers(dest="what", required=True, metavar="{all,compare,fleet,sdxl,wan,chat,cold-start}")
     bench.commands = which.choices  # each benchmark's parser, by name
 
     every = which.add_parser("all", help="every benchmark on this machine, one report (report.json, report.md)",
@@ -48,6 +49,14 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
                             "default all)")
     every.add_argument("--model-configs", metavar="DIR",
                        help="the full-size architectures (default ../shared/model-configs beside the checkout)")
+
+    compare = which.add_parser("compare", help="two `bench all` reports row by row: how far their ratios differ",
+                               description="Pairs the rows of two report.json files (same benchmarks, same order) "
+                                           "and prints each row's two ratios and how far apart they are, relative "
+                                           "to the smaller: a run's figures checked against a run of the same.")
+    compare.add_argument("first", help="a report.json, or the folder holding it")
+    compare.add_argument("second", help="the other report.json, or its folder")
+    compare.add_argument("--within", type=float, default=15.0, help="the agreement asked, in %% (default 15)")
 
     cold = which.add_parser("cold-start", help="a compiled worker's start, with an empty and a warm compile cache",
                             description="Starts the engine with its compile on twice, each in a fresh process: "
@@ -101,7 +110,7 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     chat.add_argument("--backend", default="transformers", choices=["transformers", "vllm"],
                       help="generator to measure (default transformers)")
 
-    for parser in (every, cold, fleet, sdxl, wan, chat):
+    for parser in (every, compare, cold, fleet, sdxl, wan, chat):
         parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
 
 

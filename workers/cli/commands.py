@@ -296,7 +296,8 @@ def cmd_bench(args) -> int:
     from workers.cli.bench_options import BENCHMARKS, fill_device_defaults
 
     configure_logging(_terse_level())
-    route_library_logs(load=("transformers", "diffusers"))  # their warnings as log lines, no progress bars
+    if args.what != "compare":  # which reads two files and imports no model library
+        route_library_logs(load=("transformers", "diffusers"))  # their warnings as log lines, no progress bars
     if getattr(args, "model", "absent") is None and args.what in ("sdxl", "wan", "chat"):
         raise UsageError(f"bench {args.what} needs --model (a model, or a config folder with --random-weights)")
     if getattr(args, "model", None) and not Path(args.model).exists():
