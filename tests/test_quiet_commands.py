@@ -71,6 +71,22 @@ def test_no_subcommand_prints_a_library_warning(tmp_path, tiny_sdxl_dir, redis_c
                                                                            zip(commands, done, strict=True)]
 
 
+def test_with_an_fp8_switch_on_torchao_and_torch_stay_quiet_too(tmp_path, tiny_sdxl_dir, redis_client):
+    """torchao is imported then (transformers imports it), and torch's pytree warns about its enums
+    through torch's own stderr handler while it does: two `W… register_constant` lines, until that
+    handler gave way to ours. TORCH_LOGS keeps torch's own output for whoever asks for it."""
+    commands = [["make-tiny-model", "chat", str(tmp_path / "chat")],
+                ["run", "sdxl", "--model", tiny_sdxl_dir, "--device", "cpu", "--max-jobs", "0"]]
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(lambda args: run(args, tmp_path, SDXL_FP8="weights"), commands))
+    for args, result in zip(commands, done, strict=True):
+        assert result.returncode == 0, (args, result.stderr[-2000:])
+        assert library_lines(result.stderr) == [], (args, library_lines(result.stderr))
+    asked = run(["make-tiny-model", "chat", str(tmp_path / "chat-logs")], tmp_path, SDXL_FP8="weights",
+                TORCH_LOGS="+dynamo")
+    assert "register_constant" in asked.stderr  # the lines exist: the quiet above is not their absence
+
+
 def test_at_debug_the_libraries_speak_as_json_records_at_debug_level(tmp_path):
     done = run(["make-tiny-model", "sdxl", str(tmp_path / "sdxl")], tmp_path, LOG_LEVEL="DEBUG")
     assert done.returncode == 0, done.stderr[-2000:]

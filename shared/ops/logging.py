@@ -158,7 +158,11 @@ def route_library_logs(load: Iterable[str] = (), at_least: int | None = None) ->
     send their records to the root handler instead. `load` imports those libraries' logging
     first (a worker does, before its engine loads them); others are handled if already imported.
     `at_least`: lower their own verbosity to this level if it is above it (an inherited
-    TRANSFORMERS_VERBOSITY=error, say, when LOG_LEVEL=DEBUG wants their warnings)."""
+    TRANSFORMERS_VERBOSITY=error, say, when LOG_LEVEL=DEBUG wants their warnings).
+    torch goes first: it has a stderr handler of its own too, and torchao (imported by those
+    libraries when an FP8 switch is on) warns through it while they import."""
+    if "torch" in sys.modules or "torch" in load or set(load) & {"transformers", "diffusers"}:
+        _route_torch_logs()
     for name in ("transformers", "diffusers"):
         if name not in sys.modules and name not in load:
             continue
@@ -169,6 +173,18 @@ def route_library_logs(load: Iterable[str] = (), at_least: int | None = None) ->
             library.set_verbosity(at_least)
         if not _progress_bars[0]:
             library.disable_progress_bar()
+
+
+def _route_torch_logs() -> None:
+    """torch's `W… _pytree.py …` lines become records of ours, unless TORCH_LOGS asks for torch's own
+    output (`TORCH_LOGS=recompiles,graph_breaks`, when studying a compile), which it then keeps."""
+    if os.environ.get("TORCH_LOGS"):
+        return
+    import torch  # noqa: F401  (its import installs the handler this takes out)
+
+    torch_logger = logging.getLogger("torch")
+    torch_logger.handlers = [h for h in torch_logger.handlers if type(h) is not logging.StreamHandler]
+    torch_logger.propagate = True
 
 
 def get_logger(**bound):

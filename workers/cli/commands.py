@@ -270,6 +270,7 @@ def cmd_make_tiny_model(args) -> int:
         raise UsageError(f"no tiny model for {args.engine!r}; available: {', '.join(builders)} "
                          "(the sim engine needs no model)")
     configure_logging(_terse_level())
+    route_library_logs(load=("torch",))  # its own handler gives way before the builder imports the libraries
     target(args.dir)
     print(json.dumps({"engine": args.engine, "dir": args.dir}))
     return 0
