@@ -54,11 +54,13 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+class ReportProblem(ValueError):
+    """A report that cannot be read or paired; the command line says it in one line."""
+
+
 def run_from_args(args) -> dict[str, Any]:
     try:
         result = compare(load(args.first), load(args.second), args.within)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        from workers.cli.errors import UsageError
-
-        raise UsageError(str(exc)) from None
+        raise ReportProblem(str(exc)) from None
     return {**result, "table": table(result)}

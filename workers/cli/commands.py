@@ -312,6 +312,10 @@ def cmd_bench(args) -> int:
                 raise UsageError(f"--device {args.device} but no CUDA GPU is visible here: use --device cpu "
                                  "(or DEVICE=cpu)")
         fill_device_defaults(args)
-    report = importlib.import_module(BENCHMARKS[args.what]).run_from_args(args)
+    benchmark = importlib.import_module(BENCHMARKS[args.what])
+    try:
+        report = benchmark.run_from_args(args)
+    except getattr(benchmark, "ReportProblem", ()) as exc:  # `bench compare` given unreadable reports
+        raise UsageError(str(exc)) from None
     print(json.dumps(report, indent=2, default=str) if args.json else report["table"])
     return 0
