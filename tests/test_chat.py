@@ -129,10 +129,33 @@ def test_keyless_chat_is_refused_unless_its_allowance_is_on(tiny_chat):
     try:
         answer = post(opened, "/chat", scene, key=None)
         assert answer.status_code == 200 and isinstance(answer.json()["response"], str)
+        # The 2025-08 roleplay-chat: no key either, and one prompt holding character and history.
+        roleplay = post(opened, "/chat", {"prompt": "You are Mara.\n\nUser's message: hello", "content_tier": "sfw",
+                                          "model": "qwen_instruct", "max_tokens": 4}, key=None)
+        assert roleplay.status_code == 200 and roleplay.json()["prompt_tokens"] > 5
+        assert post(opened, "/chat", {"prompt": " "}, key=None).status_code == 400
+        assert post(opened, "/chat", {"prompt": ["x"]}, key=None).status_code == 400
         assert post(opened, "/chat", scene, key="wrong").status_code == 401  # a wrong key is never let through
         assert post(opened, "/generate", {"prompt": "x"}, key=None).status_code == 401
         v1 = httpx.post(f"http://127.0.0.1:{opened.port}/v1/chat/completions", json=scene, timeout=30)
         assert v1.status_code == 401
+    finally:
+        opened.stop()
+
+
+def test_keyless_generate_is_refused_unless_its_allowance_is_on(tiny_chat):
+    """The 2025-08 enhance-prompt sends qwen_base work to the WAN worker's URL as `{inputs,
+    parameters}` with no key and reads `generated_text`: refused by default;
+    CHAT_ALLOW_UNAUTHENTICATED_GENERATE opens /generate alone, and only to callers that send no key."""
+    legacy = {"inputs": "Enhance this prompt: \"a cat\"\n\nEnhanced version:",
+              "parameters": {"max_new_tokens": 4, "temperature": 0.7, "top_p": 0.9, "do_sample": True,
+                             "return_full_text": False}}
+    opened = start_api(tiny_chat, allow_unauthenticated_generate=True)
+    try:
+        answer = post(opened, "/generate", legacy, key=None)
+        assert answer.status_code == 200 and isinstance(answer.json()["generated_text"], str)
+        assert post(opened, "/generate", legacy, key="wrong").status_code == 401
+        assert post(opened, "/chat", {"messages": [{"role": "user", "content": "x"}]}, key=None).status_code == 401
     finally:
         opened.stop()
 
@@ -211,7 +234,8 @@ def test_queued_requests_and_the_request_reply_helper(tiny_chat, make_settings, 
         reply = request_reply(redis_client, "v1", "chat", {"message": "hi", "max_tokens": 3}, timeout=20)
         assert reply["success"] and reply["tokens_generated"] <= 3
         bad = request_reply(redis_client, "v1", "translate", {"text": "hi"}, timeout=20)
-        assert bad == {"id": bad["id"], "success": False, "error": "chat_queue job type must be chat or enhance, got 'translate'"}
+        assert bad == {"id": bad["id"], "success": False, "error_type": "bad_request",
+                       "error": "chat_queue job type must be chat, enhance or generate, got 'translate'"}
         assert redis_client.llen(keys.CHAT_QUEUE) == 0
         wait_until(lambda: redis_client.llen(keys.processing(settings.worker_id, keys.CHAT_QUEUE)) == 0, 10)
         # The same counting as every queue (counted just after the reply goes out).

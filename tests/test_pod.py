@@ -67,6 +67,10 @@ def test_supervisord_runs_the_pod_serves_a_job_on_each_worker_and_stops_them_cle
         chat = httpx.post(f"http://127.0.0.1:{PORTS['chat']}/chat", json={"message": "hi", "max_tokens": 4},
                           timeout=60)
         assert chat.status_code == 200 and chat.json()["success"]
+        # The 2025-08 qwen_base enhancement reaches the WAN worker's URL; the chat worker answers it.
+        legacy = httpx.post(f"http://127.0.0.1:{PORTS['wan']}/generate",
+                            json={"inputs": "Enhanced version:", "parameters": {"max_new_tokens": 4}}, timeout=60)
+        assert legacy.status_code == 200 and isinstance(legacy.json()["generated_text"], str), legacy.text
         for payload in jobs.values():
             record = wait_until(lambda p=payload: redis_client.get(keys.result(p["id"])), 240, interval=0.5)
             assert json.loads(record)["status"] == "completed", record

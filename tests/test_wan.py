@@ -3,6 +3,7 @@
 import io
 import time
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -16,6 +17,7 @@ from shared.deliver.media import probe_mp4
 from shared.engine.errors import JobError
 from shared.ops.engine_settings import ChatSettings, WANSettings
 from shared.ops.settings import DEFAULT_PRESETS, Settings
+from shared.source import keys
 from shared.source.chat_client import request_enhancement
 from shared.source.queue import socket_timeout_of
 from tests.backend_payloads import build_payload, push
@@ -192,6 +194,36 @@ def test_enhanced_jobs_use_the_chat_worker_and_report_both_prompts(tiny_wan, tin
     assert result.metadata["enhancement_strategy"] == "qwen_chat_queue"
     assert result.metadata["original_prompt"] == "a dog" and result.metadata["final_prompt"] == job.prompt
     assert job.prompt and job.prompt != "a dog"
+
+
+def test_the_wan_workers_generate_route_answers_the_2025_08_qwen_base_enhancement(tiny_wan, tiny_chat, make_settings,
+                                                                                   redis_client):
+    """The 2025-08 enhance-prompt posts `{inputs, parameters}` with no key to the URL the WAN worker
+    announced and reads `generated_text`: the WAN worker's /generate hands the body to the chat
+    worker through chat_queue, under the chat API's keys and allowance, and says when none answers."""
+    body = {"inputs": 'Enhance this prompt: "a cat"\n\nEnhanced version:',
+            "parameters": {"max_new_tokens": 4, "temperature": 0.7, "top_p": 0.9, "do_sample": True,
+                           "return_full_text": False}}
+    gate = ChatSettings(chat_api_key="wan-test-key", allow_unauthenticated_generate=True)
+    wan_settings = make_settings(worker_id="wan-generate-route", chat=gate,
+                                 wan=WANSettings(warmup=False, enhance_timeout_seconds=5))
+    wan = WANEngine(str(tiny_wan), WANSettings(warmup=False))
+    with running_worker(wan_settings, engine=wan, health_port=0) as worker:
+        url = f"http://127.0.0.1:{worker.http.port}/generate"
+        chat = ChatEngine(str(tiny_chat), ChatSettings(max_batch=2))
+        with running_worker(make_settings(worker_id="chat-for-wan-route"), engine=chat, health_port=0):
+            answer = httpx.post(url, json=body, timeout=30)
+            assert answer.status_code == 200, answer.text
+            assert isinstance(answer.json()["generated_text"], str) and answer.json()["tokens_generated"] <= 4
+            assert httpx.post(url, json=body, headers={"Authorization": "Bearer wrong"}, timeout=30).status_code == 401
+            missing = httpx.post(url, json={"parameters": {}}, timeout=30)
+            assert missing.status_code == 400 and "inputs" in missing.json()["error"]
+            assert httpx.post(url, content=b"[[[", timeout=30).status_code == 400
+        started = time.monotonic()
+        unanswered = httpx.post(url, json=body, timeout=30)  # no chat worker now
+        assert unanswered.status_code == 504 and "chat worker" in unanswered.json()["error"]
+        assert 4.5 < time.monotonic() - started < 15
+        assert redis_client.llen(keys.CHAT_QUEUE) == 0  # its request was taken back
 
 
 def test_an_enhancement_slower_than_the_redis_socket_timeout_is_still_used(tiny_wan, tiny_chat, make_settings,

@@ -35,6 +35,7 @@ class EngineSpec:
     enhances_prompts: bool = False  # `*_enhanced` types are rewritten by the chat worker first
     check_model: Callable[[str], None] | None = None  # raises ConfigError when the model is not what it loads
     libraries: tuple[str, ...] = ()  # model libraries it loads (their logs are routed into ours)
+    add_routes: Callable[[Any, Any], None] | None = None  # (app, worker): routes beside /health and /metrics
 
 
 def _sim(_model, _settings, options: Mapping[str, Any]) -> Engine:
@@ -92,6 +93,12 @@ def _tiny_wan(folder: str) -> None:
     make_tiny_wan(folder)
 
 
+def _wan_routes(app, worker) -> None:
+    from workers.wan.generate_route import add_generate_route
+
+    add_generate_route(app, worker)
+
+
 def _tiny_vace(folder: str) -> None:
     from workers.wan.tiny import make_tiny_vace
 
@@ -111,7 +118,8 @@ ENGINES: dict[str, EngineSpec] = {
                        libraries=("transformers", "diffusers")),
     "wan": EngineSpec("wan", (keys.WAN_QUEUE,), WAN_TYPES, _wan, _plan_wan, announce="update-worker-url",
                       tiny_models={"wan": _tiny_wan, "wan-vace": _tiny_vace},
-                      enhances_prompts=True, check_model=model_check.check_wan, libraries=("transformers", "diffusers")),
+                      enhances_prompts=True, check_model=model_check.check_wan, libraries=("transformers", "diffusers"),
+                      add_routes=_wan_routes),
     "chat": EngineSpec("chat", (keys.CHAT_QUEUE,), ("chat", "enhance"), _chat, announce="register-chat-worker",
                        tiny_models={"chat": _tiny_chat}, check_model=model_check.check_chat,
                        libraries=("transformers",)),
@@ -183,4 +191,4 @@ def build_worker(engine: Engine, settings: Settings, *, redis_client=None, stora
 
         return chat_worker(engine, settings, **common)
     stages = build_stages(engine, settings, client, storage=storage, sender=sender, metrics=metrics)
-    return Worker(engine, settings, stages, **common)
+    return Worker(engine, settings, stages, add_routes=spec.add_routes, serves_local=False, **common)

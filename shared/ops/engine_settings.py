@@ -102,7 +102,10 @@ class ChatSettings(BaseSettings):
         description="one backend caller of /enhance sends no key")
     allow_unauthenticated_chat: bool = Field(
         default=False, validation_alias="CHAT_ALLOW_UNAUTHENTICATED_CHAT",
-        description="the 2026-04 scene-narrative function posts /chat with no key")
+        description="the 2026-04 scene-narrative and 2025-08 roleplay-chat functions post /chat with no key")
+    allow_unauthenticated_generate: bool = Field(
+        default=False, validation_alias="CHAT_ALLOW_UNAUTHENTICATED_GENERATE",
+        description="the 2025-08 enhance-prompt posts qwen_base work to {WAN worker}/generate with no key")
     port: int = Field(default=7861, validation_alias=AliasChoices("CHAT_PORT", "PORT"))
     base_model: str | None = Field(default=None, validation_alias="CHAT_BASE_MODEL")
     # The hub ids the backend may name in `model` (the 2025-08 backend sends the instruct model's).

@@ -1,4 +1,5 @@
-"""Run the backend's own chat edge functions, unmodified, against a real `ourvidz-worker run chat`.
+"""Run the backend's own chat edge functions, unmodified, against a real `ourvidz-worker run chat`
+and `ourvidz-worker run wan` (the URL the backend keeps as the WAN worker's).
 
     python tools/backend_functions/check.py /path/to/ourvidz.git [--logs DIR] [--only NAME]
 
@@ -73,7 +74,7 @@ def wait_for_port(port: int, timeout: float) -> None:
     raise TimeoutError(f"nothing listens on port {port} after {timeout:.0f} s")
 
 
-def tables(chat_url: str) -> dict[str, list[dict[str, Any]]]:
+def tables(chat_url: str, wan_url: str) -> dict[str, list[dict[str, Any]]]:
     """The rows a chat session reads: the worker's URL, a user, a conversation with a character, templates."""
     now = datetime.now(UTC).isoformat()
     template = {"is_active": True, "token_limit": 200, "version": 1, "enhancer_model": "qwen_instruct",
@@ -94,8 +95,8 @@ def tables(chat_url: str) -> dict[str, list[dict[str, Any]]]:
     ] + [{"id": f"t-scene-{m}", "template_name": f"Scene Narrative - {m}", "use_case": "scene_narrative",
           "content_mode": m.lower(), "target_model": None, **template} for m in ("SFW", "NSFW")]
     return {
-        "system_config": [{"id": 1, "config": {"chatWorkerUrl": chat_url, "wanWorkerUrl": chat_url,
-                                               "workerUrl": chat_url, "updated_at": now}}],
+        "system_config": [{"id": 1, "config": {"chatWorkerUrl": chat_url, "wanWorkerUrl": wan_url,
+                                               "workerUrl": wan_url, "updated_at": now}}],
         "profiles": [{"id": USER_ID, "age_verified": True, "username": "tester"}],
         "user_roles": [],
         "conversations": [{"id": CONVERSATION_ID, "user_id": USER_ID, "project_id": None,
@@ -123,7 +124,7 @@ class Case:
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
-    generates: str = "/chat"  # the worker route that must have produced the reply
+    generates: str = "chat /chat"  # the worker and route that must have produced the reply
     before: tuple[str, ...] = ()  # functions of the same era called first, as the backend's scheduler does
     reply: Callable[[dict[str, Any]], str | None] = lambda answer: answer.get("response")
 
@@ -135,6 +136,8 @@ SCENE = {"sceneContext": {"characters": [{"name": "Mara", "visualDescription": "
          "characterDescription": "a lighthouse keeper", "characterPersonality": "calm"}
 USER_HEADERS = {"Authorization": "Bearer user-jwt-for-the-check"}
 PLAYGROUND = {"conversation_id": CONVERSATION_ID, "message": "Tell me about the light."}
+ROLEPLAY = {"message": "Tell me about the light.", "conversation_id": CONVERSATION_ID, "character_id": CHARACTER_ID,
+            "model_provider": "chat_worker", "memory_tier": "conversation", "content_tier": "sfw", "user_id": USER_ID}
 
 
 def cases() -> list[Case]:
@@ -145,27 +148,31 @@ def cases() -> list[Case]:
     return [
         Case("2025-08 (pre f89876cb)", "playground-chat", PLAYGROUND, USER_HEADERS),
         Case("2025-08", "playground-chat", PLAYGROUND, USER_HEADERS),
-        Case("2025-08", "enhance-prompt", enhance_2025, USER_HEADERS, generates="/enhance",
+        Case("2025-08", "enhance-prompt", enhance_2025, USER_HEADERS, generates="chat /enhance",
              reply=lambda a: a.get("enhanced_prompt")),
+        # qwen_base goes to the WAN worker's URL as `{inputs, parameters}` with no key; the WAN
+        # worker hands it to the chat worker through chat_queue.
+        Case("2025-08", "enhance-prompt", {**enhance_2025, "selectedModel": "qwen_base"}, USER_HEADERS,
+             generates="wan /generate", reply=lambda a: a.get("enhanced_prompt")),
+        Case("2025-08", "roleplay-chat", ROLEPLAY, USER_HEADERS),
         Case("2026-04", "playground-chat", {**PLAYGROUND, "model_provider": "chat_worker", "content_tier": "sfw"},
              USER_HEADERS),
-        Case("2026-04", "roleplay-chat",
-             {"message": "Tell me about the light.", "conversation_id": CONVERSATION_ID,
-              "character_id": CHARACTER_ID, "model_provider": "chat_worker", "memory_tier": "conversation",
-              "content_tier": "sfw", "user_id": USER_ID}, USER_HEADERS, before=("health-check-workers",)),
+        Case("2026-04", "roleplay-chat", ROLEPLAY, USER_HEADERS, before=("health-check-workers",)),
         Case("2026-04", "scene-narrative", SCENE, {"Authorization": "Bearer anon"},
              reply=lambda a: a.get("narrative")),
-        Case("2026-04", "enhance-prompt", enhance_2026, USER_HEADERS, generates="/enhance",
+        Case("2026-04", "enhance-prompt", enhance_2026, USER_HEADERS, generates="chat /enhance",
              reply=lambda a: a.get("enhanced_description")),
     ]
 
 
 @contextlib.contextmanager
-def chat_worker(model_dir: Path, log: io.TextIOBase) -> Iterator[str]:
+def worker(engine: str, model_dir: Path, log: io.TextIOBase) -> Iterator[str]:
+    """`ourvidz-worker run ENGINE` with the keys set and the allowances the backend's key-less callers need."""
     port = free_port()
     env = {**os.environ, "CHAT_WORKER_API_KEY": CHAT_KEY, "WAN_WORKER_API_KEY": WAN_KEY,
-           "CHAT_ALLOW_UNAUTHENTICATED_CHAT": "true", "CHAT_MAX_NEW_TOKENS": "24"}
-    process = subprocess.Popen(["ourvidz-worker", "run", "chat", "--model", str(model_dir), "--device", "cpu",
+           "CHAT_ALLOW_UNAUTHENTICATED_CHAT": "true", "CHAT_ALLOW_UNAUTHENTICATED_GENERATE": "true",
+           "CHAT_MAX_NEW_TOKENS": "24"}
+    process = subprocess.Popen(["ourvidz-worker", "run", engine, "--model", str(model_dir), "--device", "cpu",
                                 "--health-port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until_up(f"http://127.0.0.1:{port}/health", 180)
@@ -176,11 +183,11 @@ def chat_worker(model_dir: Path, log: io.TextIOBase) -> Iterator[str]:
 
 
 class WorkerTap:
-    """A recording pass-through in front of the worker: which paths each function called, with or without a key."""
+    """A recording pass-through in front of a worker: which paths each function called, with or without a key."""
 
-    def __init__(self, worker_url: str) -> None:
+    def __init__(self, name: str, worker_url: str, calls: list[tuple[str, str, str, bool, int]]) -> None:
         self.worker_url = worker_url
-        self.calls: list[tuple[str, str, bool, int]] = []
+        self.calls = calls  # (worker, method, path, sent a key, status), shared by the taps of a case
         self.app = FastAPI()
 
         @self.app.api_route("/{path:path}", methods=["GET", "POST", "OPTIONS"])
@@ -189,7 +196,8 @@ class WorkerTap:
             async with httpx.AsyncClient(timeout=180) as client:
                 answer = await client.request(request.method, f"{self.worker_url}/{path}",
                                               content=await request.body(), headers=headers)
-            self.calls.append((request.method, f"/{path}", "authorization" in request.headers, answer.status_code))
+            self.calls.append((name, request.method, f"/{path}", "authorization" in request.headers,
+                               answer.status_code))
             return Response(answer.content, answer.status_code, media_type=answer.headers.get("content-type"))
 
 
@@ -230,15 +238,16 @@ def export_tree(repo: Path, commit: str, into: Path) -> Path:
     return into
 
 
-def run_case(case: Case, tree: Path, worker_url: str, logs: Path) -> tuple[bool, str]:
-    tap = WorkerTap(worker_url)
+def run_case(case: Case, tree: Path, workers: dict[str, str], logs: Path) -> tuple[bool, str]:
+    calls: list[tuple[str, str, str, bool, int]] = []
     with contextlib.ExitStack() as stack, open(logs / f"{ERAS[case.era].replace('^', '-parent')}-{case.function}.log", "w") as log:
-        chat_url = stack.enter_context(serving(tap.app))
-        supabase = FakeSupabase(tables(chat_url), user={"id": USER_ID, "email": "t@example.com",
-                                                        "aud": "authenticated", "role": "authenticated"})
+        chat_url, wan_url = (stack.enter_context(serving(WorkerTap(name, workers[name], calls).app))
+                             for name in ("chat", "wan"))
+        supabase = FakeSupabase(tables(chat_url, wan_url), user={"id": USER_ID, "email": "t@example.com",
+                                                                 "aud": "authenticated", "role": "authenticated"})
         supabase_url = stack.enter_context(serving(supabase.app))
         env = {"SUPABASE_URL": supabase_url, "SUPABASE_SERVICE_ROLE_KEY": "service-role",
-               "SUPABASE_ANON_KEY": "anon", "CHAT_WORKER_URL": chat_url, "WAN_WORKER_URL": chat_url,
+               "SUPABASE_ANON_KEY": "anon", "CHAT_WORKER_URL": chat_url, "WAN_WORKER_URL": wan_url,
                "CHAT_WORKER_API_KEY": CHAT_KEY, "WAN_WORKER_API_KEY": WAN_KEY, **case.env}
         helpers = {name: stack.enter_context(deno_function(tree, name, env, log))
                    for name in ("get-active-worker-url", "health-check-workers")
@@ -254,10 +263,10 @@ def run_case(case: Case, tree: Path, worker_url: str, logs: Path) -> tuple[bool,
     except ValueError:
         body = {"raw": answer.text[:200]}
     text = case.reply(body) if isinstance(body, dict) else None
-    generated = [c for c in tap.calls if c[0] == "POST" and c[1] == case.generates and c[3] == 200]
+    generated = [c for c in calls if c[1] == "POST" and f"{c[0]} {c[2]}" == case.generates and c[4] == 200]
     ok = answer.status_code == 200 and bool(text) and body.get("success", True) is not False and bool(generated)
-    called = ", ".join(f"{m} {p} ({'key' if k else 'no key'}) {st}" for m, p, k, st in tap.calls)
-    return ok, f"worker saw: {called or 'nothing'}; function answered HTTP {answer.status_code}: {json.dumps(body)[:160]}"
+    called = ", ".join(f"{w}: {m} {p} ({'key' if k else 'no key'}) {st}" for w, m, p, k, st in calls)
+    return ok, f"workers saw: {called or 'nothing'}; function answered HTTP {answer.status_code}: {json.dumps(body)[:160]}"
 
 
 def main() -> int:
@@ -272,17 +281,21 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="backend-functions-"))
     logs = args.logs or work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["ourvidz-worker", "make-tiny-model", "chat", str(work / "tiny-chat")], check=True,
-                   capture_output=True)
+    for engine in ("chat", "wan"):
+        subprocess.run(["ourvidz-worker", "make-tiny-model", engine, str(work / f"tiny-{engine}")], check=True,
+                       capture_output=True)
     failures = 0
-    with open(logs / "worker.log", "w") as worker_log, chat_worker(work / "tiny-chat", worker_log) as chat_url:
+    with contextlib.ExitStack() as stack:
+        workers = {engine: stack.enter_context(worker(engine, work / f"tiny-{engine}",
+                                                      stack.enter_context(open(logs / f"{engine}-worker.log", "w"))))
+                   for engine in ("chat", "wan")}
         for case in cases():
             if args.only not in case.function:
                 continue
             tree = work / "trees" / ERAS[case.era].replace("^", "-parent")
             if not tree.exists():
                 export_tree(args.backend_git_dir, ERAS[case.era], tree)
-            ok, detail = run_case(case, tree, chat_url, logs)
+            ok, detail = run_case(case, tree, workers, logs)
             failures += not ok
             print(f"{'PASS' if ok else 'FAIL'}  {case.era:24} {case.function:18} {detail}", flush=True)
     print(f"logs: {logs}")

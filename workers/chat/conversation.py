@@ -50,7 +50,12 @@ def messages_from_request(body: dict[str, Any], max_messages: int | None = None)
             messages.append({"role": role, "content": _text(turn.get("content", ""), f"conversation_history[{i}].content")})
         messages.append({"role": "user", "content": _text(body["message"], "message")})
         return messages
-    raise BadRequest("send `messages` (a list of {role, content}) or `message`")
+    if "prompt" in body:  # the 2025-08 roleplay-chat: one text already holding the character and the history
+        prompt = _text(body["prompt"], "prompt")
+        if not prompt.strip():
+            raise BadRequest("prompt is empty")
+        return [{"role": "user", "content": prompt}]
+    raise BadRequest("send `messages` (a list of {role, content}), `message` or `prompt`")
 
 
 def fit_to_context(messages: list[dict[str, str]], count_tokens, budget: int, count_text=None,

@@ -54,13 +54,15 @@ class RequestRefused(Exception):
 class ApiKeys:
     """Who may call: `Authorization: Bearer` with CHAT_WORKER_API_KEY or WAN_WORKER_API_KEY."""
 
-    def __init__(self, settings: ChatSettings):
+    def __init__(self, settings: ChatSettings, routes: str = "the chat API"):
         self.keys = [k.encode() for k in settings.api_keys()]
         # Routes a backend caller reaches without a key, by the settings that name them.
         self.open_routes = {route for route, allowed in (("/enhance", settings.allow_unauthenticated_enhance),
-                                                         ("/chat", settings.allow_unauthenticated_chat)) if allowed}
+                                                         ("/chat", settings.allow_unauthenticated_chat),
+                                                         ("/generate", settings.allow_unauthenticated_generate))
+                            if allowed}
         if not self.keys:
-            log.warning("chat_api_open", reason="neither CHAT_WORKER_API_KEY nor WAN_WORKER_API_KEY is set")
+            log.warning("chat_api_open", routes=routes, reason="neither CHAT_WORKER_API_KEY nor WAN_WORKER_API_KEY is set")
 
     def allow(self, header: str | None, route: str) -> bool:
         """A request to `route` with this Authorization header: a known key, or no header at all

@@ -74,7 +74,7 @@ class ChatRequests:
 
     def plan(self, job: ChatJob) -> Plan:
         if job.kind not in KINDS:
-            raise BadRequest(f"chat_queue job type must be chat or enhance, got {str(job.kind)[:40]!r}")
+            raise BadRequest(f"chat_queue job type must be chat, enhance or generate, got {str(job.kind)[:40]!r}")
         started = time.perf_counter()
         decode = {"chat": self._chat, "enhance": self._enhance, "generate": self._generate}[job.kind]
         input_, facts = decode(job.id, job.body, job.stop)

@@ -78,7 +78,7 @@ class ChatStages:
             return {"status": status}
         job: ChatJob = task.job
         if isinstance(outcome, JobError):
-            reply = {"success": False, "error": error_text(outcome)}
+            reply = {"success": False, "error": error_text(outcome), "error_type": outcome.error_type}
         else:
             reply = self.requests.reply(task.plan, outcome)
         if job is not None and job.reply_to:
