@@ -108,7 +108,7 @@ def test_dlq_drop_and_purge(cli_env, redis_client, capsys, monkeypatch):
     assert _out(capsys)[-1] == {"dropped": 2}
     assert sorted(r["job_id"] for r in dead_letters(redis_client)) == ["d3", "d4"]
     assert main(["dlq", "drop", "d3", "gone"]) == 1  # one dropped, one was never there: said so
-    assert "1 of these are not dead-lettered" in capsys.readouterr().err
+    assert "not dead-lettered: gone (" in capsys.readouterr().err
     # purge asks first: no terminal to answer, so nothing is dropped without --yes
     monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
     assert main(["dlq", "purge"]) == 2
@@ -120,6 +120,8 @@ def test_dlq_drop_and_purge(cli_env, redis_client, capsys, monkeypatch):
     queue.dead_letter(queue.claim(0), "testing", job_id="d5")
     assert main(["dlq", "purge", "--yes"]) == 0
     assert _out(capsys)[-1] == {"dropped": 1} and redis_client.llen(keys.DEAD_LETTER) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # nothing to drop: no question to answer
+    assert main(["dlq", "purge"]) == 0 and _out(capsys)[-1] == {"dropped": 0}
 
 
 def test_queue_report(cli_env, redis_client, capsys):

@@ -192,18 +192,18 @@ def cmd_dlq(args) -> int:
         return 0
     if args.action == "purge":
         count = client.llen(keys.DEAD_LETTER)
-        if not args.yes and not _confirmed(f"drop all {count} dead-lettered jobs for good?"):
+        if count and not args.yes and not _confirmed(f"drop all {count} dead-lettered jobs for good?"):
             raise UsageError("dlq purge: nothing dropped (it asks for confirmation; --yes answers it)")
         print(json.dumps({"dropped": drop_dead_letters(client)}))
         return 0
     if args.action == "drop":
         if not args.job_ids:
             raise UsageError("dlq drop needs one or more JOB_IDs (`dlq list` shows them; `dlq purge` drops all)")
-        dropped = drop_dead_letters(client, args.job_ids)
-        print(json.dumps({"dropped": dropped}))
-        if dropped < len(set(args.job_ids)):
-            raise CommandFailed(f"{len(set(args.job_ids)) - dropped} of these are not dead-lettered "
-                                "(`dlq list` shows them)")
+        listed = {record.get("job_id") for record in dead_letters(client)}
+        print(json.dumps({"dropped": drop_dead_letters(client, args.job_ids)}))
+        missing = [job_id for job_id in dict.fromkeys(args.job_ids) if job_id not in listed]
+        if missing:
+            raise CommandFailed(f"not dead-lettered: {' '.join(missing)} (`dlq list` shows the dead-lettered jobs)")
         return 0
     if not args.job_ids and not args.all:
         raise UsageError("dlq requeue needs a JOB_ID or --all (`dlq list` shows them)")
