@@ -192,7 +192,7 @@ def cmd_dlq(args) -> int:
         return 0
     if args.action == "purge":
         count = client.llen(keys.DEAD_LETTER)
-        if count and not args.yes and not _confirmed(f"drop all {count} dead-lettered jobs for good?"):
+        if not args.yes and not _confirmed(f"drop all {count} dead-lettered jobs for good?"):
             raise UsageError("dlq purge: nothing dropped (it asks for confirmation; --yes answers it)")
         print(json.dumps({"dropped": drop_dead_letters(client)}))
         return 0
