@@ -35,7 +35,11 @@ def test_bench_all_on_the_tiny_models_writes_one_report_with_every_bench(tmp_pat
             assert len(side["samples"]) >= 3 and low <= side[metric] <= high
             middle = statistics.median(side["samples"])
             assert abs(side[metric] - middle) <= 1e-4 + 1e-3 * middle  # the median, to its rounding
+    # the one-stream decoder row says where a token's time went (operators on a CPU, kernels on a GPU)
+    [profiled] = [row for row in rows if "step_profile" in row["ours"]]
+    assert profiled["settings"]["rows"] == 1 and profiled["ours"]["step_profile"]["operators_per_token"] > 0
     table = (tmp_path / "report.md").read_text()
+    assert "Chat decoding profile: one stream" in table
     assert "s/image" in table and "tokens/s" in table and "samples)" in table  # units and spreads shown
     assert table.count("\n| sdxl") + table.count("\n| wan") + table.count("\n| chat") + table.count("\n| fleet") == len(rows)
     assert "| bench |" in capsys.readouterr().out  # and the table is printed
@@ -157,3 +161,18 @@ def test_bench_compare_counts_the_rows_whose_ratios_agree_and_refuses_reports_th
                                                                "seconds", "lower")]))
     assert main(["bench", "compare", first, str(other)]) == 2  # rows of different benchmarks do not pair
     assert "the reports' rows differ" in capsys.readouterr().err
+
+
+def test_the_chat_bench_counts_a_burst_answered_when_every_request_of_every_round_was():
+    """A burst of n concurrent requests runs in several rounds (its samples): 12 of 12 is all answered
+    (the goal once compared the count with n, and 12 of 12 read as missed), 11 of 12 is not."""
+    from workers.bench.chat import _goals
+
+    def serving(answered: int) -> dict:
+        return {"concurrent": {4: {"answered": answered, "requests": 12, "tokens_per_second": 900.0}},
+                "one_at_a_time": {"tokens_per_second": 300.0}, "short_beside_long_s": 0.1,
+                "short_alone_p50_s": 0.05, "long_s": 1.0, "health_idle": {"median_ms": 1.0},
+                "unauthorized_idle": {"median_ms": 1.0}}
+
+    assert _goals({"serving": serving(12)})["4 concurrent: all answered, none reset"] is True
+    assert _goals({"serving": serving(11)})["4 concurrent: all answered, none reset"] is False

@@ -304,7 +304,9 @@ def chat_rows(device: str, name: str, tiny: bool, tmp: Path, peak: float, config
         for v in report.get("versus_transformers", []):
             rows.append(row("chat", name, {**base, "rows": v["rows"], "prompt_tokens": v["prompt_tokens"]},
                              ("transformers generate", v["figures"]["transformers_generate"]),
-                             ("this decoder", v["figures"]["this_backend"]), "tokens_per_second", "higher"))
+                             ("this decoder", v["figures"]["this_backend"]), "tokens_per_second", "higher",
+                             **({"step_profile": report["step_profile"]}
+                                if v["rows"] == 1 and "step_profile" in report else {})))
             if "eager_decoder_tokens_per_second" in v:  # CUDA graphs against the same decoder without them
                 rows.append(row("chat", name, {**base, "rows": v["rows"], "prompt_tokens": v["prompt_tokens"]},
                                  ("this decoder, eager", v["figures"]["eager_decoder"]),

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workers.bench.step_profile import summary as step_summary
+
 Measured = dict[str, Any] | float  # a `figure` of samples, or a value that is not timed (a set GPU time)
 
 
@@ -73,4 +75,6 @@ def markdown(rows: list[dict], device: str, peak: float, tiny: bool, seconds: fl
         lines.append(f"| {r['bench']} | {settings} | {_shown(r['baseline'], metric)} | "
                      f"{_shown(ours, metric)} | {r['ratio']} ({r['better']} is better) | "
                      f"{ours.get('ms_per_step') or ''} | {mfu} | {ours.get('ready_s', '')} | {pixels} |")
+    profiles = [r["ours"]["step_profile"] for r in rows if "step_profile" in r.get("ours", {})]
+    lines += ["", *(f"Chat decoding profile: {step_summary(p)}" for p in profiles)] if profiles else []
     return "\n".join(lines) + "\n"
