@@ -23,7 +23,7 @@ def test_one_stream_is_profiled_per_token_and_the_profiler_prints_nothing(genera
     top = profile["top"]
     assert top and all(entry["operator"].startswith("aten::") for entry in top)
     assert [e["ms_per_token"] for e in top] == sorted((e["ms_per_token"] for e in top), reverse=True)
-    assert 0 < sum(e["share"] for e in top) <= 1.0001
+    assert 0 < sum(e["share"] for e in top) <= 1 + 6 * 0.0005  # shares of the whole, each rounded to 0.001
     assert any(e["operator"] in ("aten::mm", "aten::addmm", "aten::linear", "aten::matmul") for e in top)
     assert "8 tokens" in summary(profile) and "operators a token" in summary(profile)
     assert "USDT" not in capfd.readouterr().err  # kineto's start/stop lines were held back from fd 2
