@@ -8,6 +8,12 @@ from workers.bench.step_profile import _busy_us, decoding_step_profile, summary
 from workers.chat.generator import TextGenerator
 
 
+def lighthouse(generator) -> list[int]:
+    text = generator.tokenizer.apply_chat_template([{"role": "user", "content": "Describe a lighthouse."}],
+                                                   tokenize=False, add_generation_prompt=True)
+    return generator.tokenizer(text, add_special_tokens=False).input_ids
+
+
 @pytest.fixture(scope="module")
 def generator(tiny_chat):
     return TextGenerator(AutoModelForCausalLM.from_pretrained(tiny_chat).eval(),
@@ -15,7 +21,7 @@ def generator(tiny_chat):
 
 
 def test_one_stream_is_profiled_per_token_and_the_profiler_prints_nothing(generator, capfd):
-    profile = decoding_step_profile(generator, max_tokens=8)
+    profile = decoding_step_profile(generator, lighthouse(generator), max_tokens=8)
     assert profile["tokens"] == 8 and profile["wall_ms_per_token"] > 0
     assert profile["device_busy_ms_per_token"] is None  # no device kernels on a CPU
     # a decoding step of the tiny model runs hundreds of operators; every one of them is counted
@@ -36,7 +42,7 @@ def test_a_profile_that_fails_is_reported_not_raised(generator, monkeypatch):
         raise RuntimeError("no profiler today")
 
     monkeypatch.setattr(generator, "generate", broken)
-    profile = decoding_step_profile(generator, max_tokens=4)
+    profile = decoding_step_profile(generator, lighthouse(generator), max_tokens=4)
     assert profile == {"error": "RuntimeError: no profiler today"}
     assert generator.active == 0  # and the generator was reset for whoever uses it next
     assert summary(profile) == "decoding step profile failed: RuntimeError: no profiler today"

@@ -191,4 +191,4 @@ def build_worker(engine: Engine, settings: Settings, *, redis_client=None, stora
 
         return chat_worker(engine, settings, **common)
     stages = build_stages(engine, settings, client, storage=storage, sender=sender, metrics=metrics)
-    return Worker(engine, settings, stages, add_routes=spec.add_routes, serves_local=False, **common)
+    return Worker(engine, settings, stages, add_routes=spec.add_routes, **common)

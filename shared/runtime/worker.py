@@ -62,7 +62,7 @@ class Worker:
                  max_jobs: int | None = None, health_port: int | None = None, install_signal_handlers: bool = True,
                  announce_function: str | None = None, add_routes: Callable[[Any, Worker], None] | None = None,
                  max_body_bytes: int = 1024 * 1024, metrics: WorkerMetrics | None = None,
-                 claim_from_queues: bool = True, serves_local: bool | None = None):
+                 claim_from_queues: bool = True, serves_local: bool = False):
         self.engine, self.settings, self.stages = engine, settings, stages
         self.era, self.device, self.max_jobs = settings.contract, device, max_jobs
         self.worker_id = settings.worker_id
@@ -79,9 +79,9 @@ class Worker:
         self.announce_function = announce_function
         self.add_routes = add_routes
         self.max_body_bytes = max_body_bytes
-        # An HTTP source of jobs (the chat API) keeps the GPU loop serving; routes that only pass
-        # work on (WAN's /generate) say serves_local=False.
-        self.accepts_local = add_routes is not None if serves_local is None else serves_local
+        # An HTTP source of jobs (the chat API) keeps the GPU loop serving when the queues are fed
+        # out; routes that only pass work on (WAN's /generate) do not.
+        self.accepts_local = serves_local
         self.claim_from_queues = claim_from_queues  # False: serve local submissions only (CHAT_CONSUME_QUEUE=false)
 
         self.state = "starting"

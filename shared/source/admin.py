@@ -67,10 +67,10 @@ def dead_letters(client: redis.Redis, start: int = 0, end: int = -1) -> list[dic
     return [json.loads(r) for r in client.lrange(keys.DEAD_LETTER, start, end)]
 
 
-def drop_dead_letters(client: redis.Redis, job_ids: list[str] | None = None) -> int:
+def drop_dead_letters(client: redis.Redis, job_ids: list[str] | None = None) -> list[str | None]:
     """Remove dead-lettered jobs for good (these ids, or all of them when None); their attempt
-    counts go with them. Returns how many were removed."""
-    dropped = 0
+    counts go with them. Returns the job ids of those removed (None for an element without one)."""
+    dropped = []
     for record_text in client.lrange(keys.DEAD_LETTER, 0, -1):
         record = json.loads(record_text)
         if job_ids is not None and record.get("job_id") not in job_ids:
@@ -78,7 +78,8 @@ def drop_dead_letters(client: redis.Redis, job_ids: list[str] | None = None) -> 
         pipe = client.pipeline(transaction=True)
         pipe.lrem(keys.DEAD_LETTER, 1, record_text)
         pipe.hdel(keys.ATTEMPTS, element_key(record["raw"]))
-        dropped += int(bool(pipe.execute()[0]))
+        if pipe.execute()[0]:
+            dropped.append(record.get("job_id"))
     return dropped
 
 

@@ -227,7 +227,7 @@ def run_chat_bench(model: str, device: str = "cuda", max_tokens: int = 64, rando
         report["versus_transformers"] = [versus_transformers(generator, rows, max_tokens, length)
                                          for rows, length in ((1, 0), (compare_rows, 0), (compare_rows, 350))]
         # where one stream's token time goes (the device's busy share, kernels a token): the next change
-        report["step_profile"] = decoding_step_profile(generator, max_tokens)
+        report["step_profile"] = decoding_step_profile(generator, _prompts(generator.tokenizer, 1, 0)[0], max_tokens)
     report["goals"] = _goals(report)
     report["table"] = _table(report)
     return report

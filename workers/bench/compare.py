@@ -9,6 +9,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from workers.bench import BenchInputError
+
 
 def load(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
@@ -54,13 +56,9 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-class ReportProblem(ValueError):
-    """A report that cannot be read or paired; the command line says it in one line."""
-
-
 def run_from_args(args) -> dict[str, Any]:
     try:
         result = compare(load(args.first), load(args.second), args.within)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ReportProblem(str(exc)) from None
+        raise BenchInputError(str(exc)) from None
     return {**result, "table": table(result)}

@@ -58,19 +58,16 @@ def _busy_us(intervals: list[tuple[float, float]]) -> float:
     return busy
 
 
-def decoding_step_profile(generator, max_tokens: int = 32) -> dict[str, Any]:
-    """Decode one greedy request of `max_tokens` tokens (after one unprofiled warm-up) under the
-    profiler; figures per token. Never raises: a profiler that fails gives {"error": ...}."""
+def decoding_step_profile(generator, prompt_ids: list[int], max_tokens: int = 32) -> dict[str, Any]:
+    """Decode one greedy request (`prompt_ids`, then `max_tokens` tokens) under the profiler, after
+    one unprofiled warm-up; figures per token. Never raises: a profiler that fails gives {"error": ...}."""
     import torch
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     from workers.chat.generator import Request
 
-    text = generator.tokenizer.apply_chat_template([{"role": "user", "content": "Describe a lighthouse."}],
-                                                   tokenize=False, add_generation_prompt=True)
-    ids = generator.tokenizer(text, add_special_tokens=False).input_ids
-    request = Request(ids, max_tokens=max_tokens, temperature=0, ignore_eos=True)
+    request = Request(list(prompt_ids), max_tokens=max_tokens, temperature=0, ignore_eos=True)
     cuda = str(generator.device).startswith("cuda")
     try:
         generator.generate([request])  # warm-up: allocations and any first-use work stay out

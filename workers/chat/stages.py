@@ -104,5 +104,6 @@ def chat_worker(engine: ChatEngine, settings: Settings, **common) -> Worker:
         common["queues"] = (keys.CHAT_QUEUE,)
     if common.get("health_port") is None:
         common["health_port"] = settings.chat.port
-    return Worker(engine, settings, stages, add_routes=add_chat_routes, max_body_bytes=settings.chat.max_request_bytes,
-                  claim_from_queues=settings.chat.consume_queue, **common)
+    return Worker(engine, settings, stages, add_routes=add_chat_routes, serves_local=True,
+                  max_body_bytes=settings.chat.max_request_bytes, claim_from_queues=settings.chat.consume_queue,
+                  **common)

@@ -194,14 +194,14 @@ def cmd_dlq(args) -> int:
         count = client.llen(keys.DEAD_LETTER)
         if not args.yes and not _confirmed(f"drop all {count} dead-lettered jobs for good?"):
             raise UsageError("dlq purge: nothing dropped (it asks for confirmation; --yes answers it)")
-        print(json.dumps({"dropped": drop_dead_letters(client)}))
+        print(json.dumps({"dropped": len(drop_dead_letters(client))}))
         return 0
     if args.action == "drop":
         if not args.job_ids:
             raise UsageError("dlq drop needs one or more JOB_IDs (`dlq list` shows them; `dlq purge` drops all)")
-        listed = {record.get("job_id") for record in dead_letters(client)}
-        print(json.dumps({"dropped": drop_dead_letters(client, args.job_ids)}))
-        missing = [job_id for job_id in dict.fromkeys(args.job_ids) if job_id not in listed]
+        dropped = drop_dead_letters(client, args.job_ids)
+        print(json.dumps({"dropped": len(dropped)}))
+        missing = [job_id for job_id in dict.fromkeys(args.job_ids) if job_id not in dropped]
         if missing:
             raise CommandFailed(f"not dead-lettered: {' '.join(missing)} (`dlq list` shows the dead-lettered jobs)")
         return 0
@@ -294,6 +294,7 @@ def cmd_fetch_models(args) -> int:
 def cmd_bench(args) -> int:
     import importlib
 
+    from workers.bench import BenchInputError
     from workers.cli.bench_options import BENCHMARKS, fill_device_defaults
 
     configure_logging(_terse_level())
@@ -315,7 +316,7 @@ def cmd_bench(args) -> int:
     benchmark = importlib.import_module(BENCHMARKS[args.what])
     try:
         report = benchmark.run_from_args(args)
-    except getattr(benchmark, "ReportProblem", ()) as exc:  # `bench compare` given unreadable reports
+    except BenchInputError as exc:  # e.g. `bench compare` given reports it cannot read
         raise UsageError(str(exc)) from None
     print(json.dumps(report, indent=2, default=str) if args.json else report["table"])
     return 0
